@@ -1,0 +1,74 @@
+"""The data contract: the images table, the quarantine table, and the split rule.
+
+Both tables are plain Parquet datasets partitioned hive-style by ``batch_id``
+(``images/batch_id=<id>/part-*.parquet``), so Spark, pyarrow and petastorm's
+``make_batch_reader`` read them as they are; ``batch_id`` is the partition column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+
+import pyarrow as pa
+
+from visionloop.settings import SplitFractions
+
+SPLITS = ("train", "val", "test")
+
+IMAGE_COLUMNS: dict[str, pa.DataType] = {
+    "image_id": pa.string(),  # sha256 hex of the original file bytes
+    "image": pa.binary(),  # preprocessed image, encoded (PNG or JPEG)
+    "image_format": pa.string(),  # encoding of ``image``
+    "label": pa.string(),  # class name, null for the unlabelled pool
+    "label_source": pa.string(),  # seed | annotator
+    "annotator": pa.string(),  # who labelled it (annotator labels only)
+    "labelled_at": pa.timestamp("us", tz="UTC"),
+    "split": pa.string(),  # train | val | test
+    "width": pa.int32(),  # of the original
+    "height": pa.int32(),
+    "mode": pa.string(),  # PIL mode of the original
+    "source_format": pa.string(),  # format detected from the original bytes
+    "source_uri": pa.string(),
+    "ingested_at": pa.timestamp("us", tz="UTC"),
+}
+IMAGES_SCHEMA = pa.schema(list(IMAGE_COLUMNS.items()))
+
+QUARANTINE_COLUMNS: dict[str, pa.DataType] = {
+    "uri": pa.string(),
+    "reason": pa.string(),
+    "detail": pa.string(),
+    "label": pa.string(),
+    "image_id": pa.string(),  # when the bytes could be read
+    "quarantined_at": pa.timestamp("us", tz="UTC"),
+}
+QUARANTINE_SCHEMA = pa.schema(list(QUARANTINE_COLUMNS.items()))
+
+PARTITION_COLUMN = "batch_id"
+
+
+class Reason(StrEnum):
+    """Why a file went to quarantine. Every value names a distinct, fixable problem."""
+
+    EMPTY_FILE = "empty_file"
+    UNREADABLE = "unreadable"
+    MISSING = "missing_file"
+    NOT_A_FILE = "not_a_regular_file"
+    SYMLINK_LOOP = "symlink_loop"
+    OUTSIDE_ROOT = "outside_landing_root"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    CORRUPT = "corrupt_image"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    LABEL_CONFLICT = "label_conflict"
+
+
+def split_for(image_id: str, fractions: SplitFractions) -> str:
+    """Assign a split from the image id alone, so it never changes as the lake grows."""
+    digest = hashlib.sha256(f"split:{image_id}".encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    if position < fractions.train:
+        return "train"
+    if position < fractions.train + fractions.val:
+        return "val"
+    return "test"

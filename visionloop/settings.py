@@ -1,0 +1,213 @@
+"""The one typed settings object: defaults < YAML file < ``VISIONLOOP_*`` environment < arguments.
+
+Nested fields are set from the environment with a double underscore, e.g.
+``VISIONLOOP_SPLIT__TRAIN=0.7``. The YAML file is named by ``VISIONLOOP_CONFIG``
+(or passed to :func:`load_settings`). Nothing is read until :func:`load_settings` is called.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_ENV_VAR = "VISIONLOOP_CONFIG"
+
+
+class SplitFractions(BaseModel):
+    """Fractions of images assigned to each split; a pure function of ``image_id``."""
+
+    train: float = Field(0.8, ge=0, le=1)
+    val: float = Field(0.1, ge=0, le=1)
+    test: float = Field(0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"split fractions must sum to 1 (train+val+test = {total:.4f}); "
+                "adjust VISIONLOOP_SPLIT__TRAIN/VAL/TEST"
+            )
+        return self
+
+
+class QualityThresholds(BaseModel):
+    """Numbers the Great Expectations suites are checked against."""
+
+    min_width: int = Field(8, ge=1)
+    max_width: int = Field(20_000, ge=1)
+    min_height: int = Field(8, ge=1)
+    max_height: int = Field(20_000, ge=1)
+    max_quarantine_rate: float = Field(0.2, ge=0, le=1)
+    min_class_count: int = Field(10, ge=0)
+    split_tolerance: float = Field(0.05, ge=0, le=1)
+
+
+class TrainingSettings(BaseModel):
+    """How models are fine-tuned (see ``visionloop.training``)."""
+
+    model_name: str = "tf_efficientnet_lite0"
+    pretrained: Literal["packaged", "none"] | Path = "packaged"
+    input_size: int = Field(64, ge=16)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.02, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    grad_accum_steps: int = Field(1, ge=1)
+    early_stopping_patience: int = Field(3, ge=1)
+    num_workers: int = Field(1, ge=0)
+    nproc_per_node: int = Field(1, ge=1)
+    rand_augment: str | None = "rand-m6-n2-mstd0.5"
+    mixup: float = Field(0.0, ge=0)
+    cutmix: float = Field(0.0, ge=0)
+    seed: int = 42
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+
+
+class PromotionSettings(BaseModel):
+    """The champion/challenger gate."""
+
+    primary_metric: str = "macro_f1"
+    min_improvement: float = Field(0.0, ge=0)
+    max_recall_drop: float = Field(0.05, ge=0, le=1)
+    first_model_floor: float = Field(0.5, ge=0, le=1)
+
+
+class Settings(BaseSettings):
+    """Everything visionloop can be configured with, in one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VISIONLOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_home: Path = Path(".visionloop")
+    spark_master: str = "local[*]"
+    spark_driver_memory: str = "2g"
+    spark_partitions: int | None = Field(
+        None, ge=1, description="partitions of a landing batch; default 4 x default parallelism"
+    )
+    image_size: int = Field(64, ge=8, le=4096)
+    image_format: Literal["PNG", "JPEG"] = "PNG"
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    max_image_pixels: int = Field(50_000_000, ge=1)
+    parquet_row_group_rows: int = Field(1024, ge=1)
+    tfrecord_shard_rows: int = Field(5000, ge=1)
+    split: SplitFractions = SplitFractions()
+    quality: QualityThresholds = QualityThresholds()
+    classes: list[str] | None = Field(
+        None, description="allowed label set; None accepts the labels the lake already has"
+    )
+    timezone: str = "UTC"
+    nightly_cron: str = "0 2 * * *"
+    mlflow_tracking_uri: str | None = Field(
+        None, description="default: sqlite:///<data_home>/mlflow.db"
+    )
+    registered_model_name: str = "visionloop-classifier"
+    training: TrainingSettings = TrainingSettings()
+    promotion: PromotionSettings = PromotionSettings()
+
+    @field_validator("data_home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_path = os.environ.get(CONFIG_ENV_VAR)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    # Derived locations: one place decides where everything lives.
+    @property
+    def lake_dir(self) -> Path:
+        return self.data_home / "lake"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.lake_dir / "images"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.lake_dir / "quarantine"
+
+    @property
+    def tfrecord_dir(self) -> Path:
+        return self.lake_dir / "tfrecord"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.lake_dir / "_staging"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_home / "runs"
+
+    @property
+    def gx_root(self) -> Path:
+        return self.data_home / "gx"
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_home / 'mlflow.db'}"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, directory: Path) -> Path:
+        """Write the resolved settings beside a run's outputs; returns the file."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "settings.yaml"
+        path.write_text(self.to_yaml())
+        return path
+
+
+class SettingsError(ValueError):
+    """Settings could not be loaded; the message names the problem and the fix."""
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Resolve settings from defaults, an optional YAML file, the environment and overrides."""
+    previous = os.environ.get(CONFIG_ENV_VAR)
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise SettingsError(f"settings file {path} does not exist; pass an existing YAML file")
+        os.environ[CONFIG_ENV_VAR] = str(path)
+    elif previous and not Path(previous).is_file():
+        raise SettingsError(
+            f"{CONFIG_ENV_VAR}={previous} names no file; fix the path or unset the variable"
+        )
+    try:
+        return Settings(**overrides)
+    except (ValueError, yaml.YAMLError) as error:
+        raise SettingsError(f"invalid visionloop settings:\n{error}") from error
+    finally:
+        if config is not None:
+            if previous is None:
+                os.environ.pop(CONFIG_ENV_VAR, None)
+            else:
+                os.environ[CONFIG_ENV_VAR] = previous
