@@ -61,6 +61,7 @@ class Reason(StrEnum):
     CORRUPT = "corrupt_image"
     DECOMPRESSION_BOMB = "decompression_bomb"
     LABEL_CONFLICT = "label_conflict"
+    LABEL_FOR_EXISTING = "label_for_existing_image"
 
 
 def split_for(image_id: str, fractions: SplitFractions) -> str:

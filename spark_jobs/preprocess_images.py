@@ -1,0 +1,408 @@
+"""Spark job: preprocess a landing batch into the lake (images, quarantine, TFRecord).
+
+Runs in-process (``run_batch``) from a Prefect task, or standalone::
+
+    spark-submit spark_jobs/preprocess_images.py --source data/sample/labelled \
+        --source data/sample/unlabelled [--config settings.yaml]
+
+Stages: list the landing files into a Parquet listing (driver, metadata only); read and
+preprocess every file in the workers; decide per file (new, duplicate, quarantine) with
+window functions; write the new rows as Parquet and TFRecord from the workers; commit the
+batch atomically. Nothing but small aggregates is collected to the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from pyspark import TaskContext
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from visionloop.imaging import ImageOptions, ProcessedImage, process_file
+
+from visionloop import lake
+from visionloop.contract import (
+    IMAGES_SCHEMA,
+    QUARANTINE_SCHEMA,
+    Reason,
+    split_for,
+)
+from visionloop.landing import LandingSource, enumerate_source, write_listing
+from visionloop.settings import Settings, SplitFractions, load_settings
+from visionloop.writers import write_parquet_part, write_tfrecord_shards
+
+PROCESSED_SCHEMA = pa.schema(
+    [
+        ("entry_id", pa.int64()),
+        ("uri", pa.string()),
+        ("label", pa.string()),
+        ("reason", pa.string()),  # null when the file was processed
+        ("detail", pa.string()),
+        ("image_id", pa.string()),
+        ("image", pa.binary()),
+        ("image_format", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mode", pa.string()),
+        ("source_format", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+DUPLICATES_SCHEMA = pa.schema(
+    [("uri", pa.string()), ("image_id", pa.string()), ("duplicate_of", pa.string())]
+)
+NEW, DUPLICATE, QUARANTINED = "new", "duplicate", "quarantine"
+
+
+def new_batch_id(now: datetime | None = None) -> str:
+    """A batch id that sorts by time: ``20261124T020000Z-1a2b3c``."""
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+# ---------------------------------------------------------------- worker-side functions
+
+
+def _process_entry(entry: dict[str, Any], options: ImageOptions, fractions: SplitFractions) -> dict:
+    row = {"entry_id": entry["entry_id"], "uri": entry["uri"], "label": entry["label"]}
+    if entry["problem"]:
+        return row | {"reason": entry["problem"], "detail": entry["detail"]}
+    result = process_file(entry["uri"], options)
+    if not isinstance(result, ProcessedImage):
+        return row | {
+            "reason": result.reason.value,
+            "detail": result.detail,
+            "image_id": result.image_id,
+        }
+    return row | {
+        "image_id": result.image_id,
+        "image": result.image,
+        "image_format": result.image_format,
+        "width": result.width,
+        "height": result.height,
+        "mode": result.mode,
+        "source_format": result.source_format,
+        "split": split_for(result.image_id, fractions),
+    }
+
+
+def process_partition(
+    batches: Iterable[pa.RecordBatch], options: ImageOptions, fractions: SplitFractions
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: read, check and preprocess each listed file."""
+    for batch in batches:
+        rows = [_process_entry(entry, options, fractions) for entry in batch.to_pylist()]
+        yield pa.RecordBatch.from_pylist(rows, schema=PROCESSED_SCHEMA)
+
+
+def _task_name(batch_id: str) -> str:
+    context = TaskContext.get()
+    partition = context.partitionId() if context else 0
+    return f"part-{partition:05d}-{batch_id}"
+
+
+def _write_parquet(batches, directory: Path, schema: pa.Schema, batch_id: str, row_group: int):
+    return write_parquet_part(batches, directory, schema, _task_name(batch_id), row_group)
+
+
+def _write_tfrecord(batches, directory: Path, batch_id: str, labels: dict[str, int], rows: int):
+    return write_tfrecord_shards(batches, directory, _task_name(batch_id), labels, rows)
+
+
+# ---------------------------------------------------------------- driver-side stages
+
+
+def list_batch(sources: list[LandingSource], listing: Path) -> int:
+    """Write every landing file of every source into the listing; returns files in."""
+
+    entries = itertools.chain.from_iterable(enumerate_source(source) for source in sources)
+    return write_listing(entries, listing)
+
+
+def preprocess(spark: SparkSession, settings: Settings, staging: lake.BatchStaging) -> DataFrame:
+    """Process every listed file in the workers; the result is staged as Parquet."""
+    listing = spark.read.parquet(str(staging.listing))
+    partitions = settings.spark_partitions or 4 * spark.sparkContext.defaultParallelism
+    options = ImageOptions(
+        size=settings.image_size,
+        image_format=settings.image_format,
+        jpeg_quality=settings.jpeg_quality,
+        max_pixels=settings.max_image_pixels,
+    )
+    body = functools.partial(process_partition, options=options, fractions=settings.split)
+    processed = listing.repartition(partitions).mapInArrow(body, _spark_schema(spark))
+    processed.write.mode("overwrite").parquet(str(staging.processed))
+    return spark.read.parquet(str(staging.processed))
+
+
+def _spark_schema(spark: SparkSession):
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(PROCESSED_SCHEMA)
+
+
+def decide(processed: DataFrame, lake_labels: DataFrame | None) -> DataFrame:
+    """One outcome per file: new, duplicate (of the batch or the lake) or quarantine."""
+    readable = processed.filter(F.col("reason").isNull())
+    if lake_labels is not None:
+        readable = readable.join(lake_labels, "image_id", "left")
+    else:
+        readable = readable.withColumn("in_lake", F.lit(False)).withColumn(
+            "lake_label", F.lit(None).cast("string")
+        )
+    by_content = Window.partitionBy("image_id")
+    keeper_first = by_content.orderBy(F.col("label").isNull(), "uri", "entry_id")
+    labels = F.array_sort(
+        F.array_union(
+            F.collect_set("label").over(by_content),
+            F.filter(F.array(F.col("lake_label")), lambda value: value.isNotNull()),
+        )
+    )
+    decided = (
+        readable.withColumn("labels", labels)
+        .withColumn("rank", F.row_number().over(keeper_first))
+        .withColumn("keeper_uri", F.first("uri").over(keeper_first))
+    )
+    outcome, reason, detail, duplicate_of = _outcome_columns()
+    decided = decided.select(
+        "entry_id", "uri", "label", "image_id", outcome, reason, detail, duplicate_of
+    )
+    rejected = processed.filter(F.col("reason").isNotNull()).select(
+        "entry_id",
+        "uri",
+        "label",
+        "image_id",
+        F.lit(QUARANTINED).alias("outcome"),
+        "reason",
+        "detail",
+        F.lit(None).cast("string").alias("duplicate_of"),
+    )
+    return decided.unionByName(rejected)
+
+
+def _outcome_columns() -> tuple[Column, Column, Column, Column]:
+    conflict = F.size("labels") > 1
+    relabel = F.col("in_lake") & F.col("lake_label").isNull() & F.col("label").isNotNull()
+    duplicate = F.col("in_lake") | (F.col("rank") > 1)
+    outcome = (
+        F.when(conflict | relabel, QUARANTINED)
+        .when(duplicate, DUPLICATE)
+        .otherwise(NEW)
+        .alias("outcome")
+    )
+    reason = (
+        F.when(conflict, Reason.LABEL_CONFLICT.value)
+        .when(relabel, Reason.LABEL_FOR_EXISTING.value)
+        .alias("reason")
+    )
+    detail = (
+        F.when(conflict, F.concat(F.lit("same content labelled "), F.concat_ws(", ", "labels")))
+        .when(relabel, F.lit("content already in the lake unlabelled; label it by annotation"))
+        .alias("detail")
+    )
+    duplicate_of = F.when(
+        ~conflict & ~relabel & duplicate,
+        F.when(F.col("in_lake"), F.lit("lake")).otherwise(F.col("keeper_uri")),
+    ).alias("duplicate_of")
+    return outcome, reason, detail, duplicate_of
+
+
+def read_lake_labels(spark: SparkSession, settings: Settings) -> DataFrame | None:
+    """``image_id, in_lake, lake_label`` of every committed image, or None for an empty lake."""
+    if not lake.has_rows(settings, "images"):
+        return None
+    return spark.read.parquet(str(lake.table_dir(settings, "images"))).select(
+        "image_id", F.lit(True).alias("in_lake"), F.col("label").alias("lake_label")
+    )
+
+
+def write_outputs(
+    spark: SparkSession,
+    settings: Settings,
+    staging: lake.BatchStaging,
+    processed: DataFrame,
+    decisions: DataFrame,
+    batch_id: str,
+    ingested_at: datetime,
+) -> None:
+    """Write new images, quarantine and duplicate rows, and TFRecord shards into staging."""
+    new_ids = decisions.filter(F.col("outcome") == NEW).select("entry_id")
+    new_rows = processed.join(new_ids, "entry_id", "left_semi").select(*_image_columns(ingested_at))
+    _write_table(new_rows, staging.table("images"), IMAGES_SCHEMA, settings, batch_id)
+    quarantined = decisions.filter(F.col("outcome") == QUARANTINED).select(
+        "uri",
+        "reason",
+        "detail",
+        "label",
+        "image_id",
+        F.lit(ingested_at).cast("timestamp").alias("quarantined_at"),
+    )
+    _write_table(
+        quarantined.coalesce(1), staging.table("quarantine"), QUARANTINE_SCHEMA, settings, batch_id
+    )
+    duplicates = decisions.filter(F.col("outcome") == DUPLICATE).select(
+        "uri", "image_id", "duplicate_of"
+    )
+    _write_table(
+        duplicates.coalesce(1), staging.table("duplicates"), DUPLICATES_SCHEMA, settings, batch_id
+    )
+    _write_tfrecords(spark, settings, staging, batch_id)
+
+
+def _image_columns(ingested_at: datetime) -> list[Column]:
+    return [
+        "image_id",
+        "image",
+        "image_format",
+        "label",
+        F.when(F.col("label").isNotNull(), F.lit("seed")).alias("label_source"),
+        F.lit(None).cast("string").alias("annotator"),
+        F.lit(None).cast("timestamp").alias("labelled_at"),
+        "split",
+        "width",
+        "height",
+        "mode",
+        "source_format",
+        F.col("uri").alias("source_uri"),
+        F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
+    ]
+
+
+def _write_table(
+    frame: DataFrame, directory: Path, schema: pa.Schema, settings: Settings, batch_id: str
+) -> None:
+    body = functools.partial(
+        _write_parquet,
+        directory=directory,
+        schema=schema,
+        batch_id=batch_id,
+        row_group=settings.parquet_row_group_rows,
+    )
+    frame.mapInArrow(body, "path string, split string, rows long").count()
+
+
+def _write_tfrecords(
+    spark: SparkSession, settings: Settings, staging: lake.BatchStaging, batch_id: str
+) -> None:
+    images_dir = staging.table("images")
+    if not any(images_dir.glob("*.parquet")):
+        return
+    labels = label_index(spark, settings, images_dir)
+    size = F.lit(settings.image_size)
+    rows = spark.read.parquet(str(images_dir)).select(
+        "image",
+        "image_format",
+        "label",
+        "image_id",
+        "split",
+        size.alias("image_height"),
+        size.alias("image_width"),
+    )
+    body = functools.partial(
+        _write_tfrecord,
+        directory=staging.table("tfrecord"),
+        batch_id=batch_id,
+        labels=labels,
+        rows=settings.tfrecord_shard_rows,
+    )
+    rows.mapInArrow(body, "path string, split string, rows long").count()
+    (staging.table("tfrecord") / "label_map.json").write_text(json.dumps(labels, indent=2))
+
+
+def label_index(spark: SparkSession, settings: Settings, batch_images: Path) -> dict[str, int]:
+    """Class index for TFRecord labels: settings.classes, else the sorted lake + batch labels."""
+    if settings.classes:
+        return {name: index for index, name in enumerate(settings.classes)}
+    frames = [spark.read.parquet(str(batch_images)).select("label")]
+    if lake.has_rows(settings, "images"):
+        frames.append(spark.read.parquet(str(lake.table_dir(settings, "images"))).select("label"))
+    union = functools.reduce(DataFrame.unionByName, frames)
+    names = sorted(row.label for row in union.dropna().distinct().collect())
+    return {name: index for index, name in enumerate(names)}
+
+
+def summarise(decisions: DataFrame, files_in: int, batch_id: str) -> dict[str, Any]:
+    """Counts by outcome and quarantine reason (a small aggregate)."""
+    counts = decisions.groupBy("outcome", "reason").count().collect()
+    by_outcome: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    for row in counts:
+        by_outcome[row.outcome] = by_outcome.get(row.outcome, 0) + row["count"]
+        if row.outcome == QUARANTINED:
+            by_reason[row.reason] = row["count"]
+    return {
+        "batch_id": batch_id,
+        "files_in": files_in,
+        "written": by_outcome.get(NEW, 0),
+        "duplicates": by_outcome.get(DUPLICATE, 0),
+        "quarantined": by_outcome.get(QUARANTINED, 0),
+        "quarantined_by_reason": dict(sorted(by_reason.items())),
+    }
+
+
+def stage_batch(
+    spark: SparkSession,
+    settings: Settings,
+    sources: list[LandingSource],
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    """Preprocess one landing batch into its staging folder; returns the batch report.
+
+    Raises if any file is unaccounted for: files in = new rows + duplicates + quarantined.
+    """
+    lake.recover(settings)
+    batch_id = batch_id or new_batch_id()
+    ingested_at = datetime.now(UTC)
+    staging = lake.stage(settings, batch_id)
+    files_in = list_batch(sources, staging.listing)
+    processed = preprocess(spark, settings, staging)
+    decisions = decide(processed, read_lake_labels(spark, settings))
+    write_outputs(spark, settings, staging, processed, decisions, batch_id, ingested_at)
+    report = summarise(decisions, files_in, batch_id)
+    accounted = report["written"] + report["duplicates"] + report["quarantined"]
+    if accounted != files_in:
+        raise RuntimeError(
+            f"batch {batch_id}: {files_in} files in but {accounted} accounted for; "
+            "the batch was not committed"
+        )
+    return report | {
+        "ingested_at": ingested_at.isoformat(),
+        "sources": [source.path for source in sources],
+        "staging": str(staging.root),
+    }
+
+
+def run_batch(
+    spark: SparkSession, settings: Settings, sources: list[LandingSource]
+) -> dict[str, Any]:
+    """Stage and commit a batch without a quality gate (``spark-submit`` entry point)."""
+    report = stage_batch(spark, settings, sources)
+    lake.commit(settings, report["batch_id"], report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", action="append", required=True, help="landing path")
+    parser.add_argument("--layout", default="auto", help="auto|imagefolder|manifest|unlabelled")
+    parser.add_argument("--config", type=Path, help="settings YAML file")
+    args = parser.parse_args(argv)
+    from visionloop.spark import spark_session
+
+    settings = load_settings(args.config)
+    sources = [LandingSource(path=path, layout=args.layout) for path in args.source]
+    report = run_batch(spark_session(settings, "visionloop-preprocess"), settings, sources)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

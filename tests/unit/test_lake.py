@@ -1,0 +1,60 @@
+"""Atomic batch commits: a batch is in the lake whole or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from visionloop import lake
+from visionloop.contract import split_for
+from visionloop.settings import SplitFractions, load_settings
+
+
+def _stage_with_files(settings, batch_id: str) -> lake.BatchStaging:
+    staging = lake.stage(settings, batch_id)
+    for name in ("images", "quarantine"):
+        staging.table(name).mkdir()
+        (staging.table(name) / "part-0.parquet").write_bytes(b"data")
+    return staging
+
+
+def test_commit_moves_tables_and_records_the_report(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path)
+    _stage_with_files(settings, "b1")
+    lake.commit(settings, "b1", {"batch_id": "b1", "written": 1})
+    assert (settings.images_dir / "batch_id=b1" / "part-0.parquet").exists()
+    assert (settings.quarantine_dir / "batch_id=b1" / "part-0.parquet").exists()
+    assert lake.committed_batches(settings) == [{"batch_id": "b1", "written": 1}]
+    assert not (settings.staging_dir / "b1").exists()
+
+
+def test_recover_discards_unfinished_and_rolls_forward_ready(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path)
+    _stage_with_files(settings, "killed")
+    ready = _stage_with_files(settings, "ready")
+    (ready.root / lake.READY_MARKER).write_text('{"batch_id": "ready"}')
+    (ready.table("images")).rename(settings.lake_dir / "moved-early")  # simulate half a move
+    settings.images_dir.mkdir(parents=True)
+    (settings.lake_dir / "moved-early").rename(settings.images_dir / "batch_id=ready")
+    assert lake.recover(settings) == ["ready"]
+    assert not settings.staging_dir.joinpath("killed").exists()
+    assert not (settings.images_dir / "batch_id=killed").exists()
+    assert (settings.quarantine_dir / "batch_id=ready" / "part-0.parquet").exists()
+    assert [r["batch_id"] for r in lake.committed_batches(settings)] == ["ready"]
+
+
+def test_held_batch_stays_out_of_the_lake(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path)
+    _stage_with_files(settings, "bad")
+    held = lake.hold(settings, "bad", {"batch_id": "bad"})
+    assert (held / "images" / "part-0.parquet").exists()
+    assert not lake.has_rows(settings)
+    assert lake.recover(settings) == []
+
+
+def test_split_is_a_stable_function_of_the_id() -> None:
+    fractions = SplitFractions(train=0.8, val=0.1, test=0.1)
+    ids = [f"{index:064x}" for index in range(4000)]
+    splits = [split_for(image_id, fractions) for image_id in ids]
+    assert splits == [split_for(image_id, fractions) for image_id in ids]
+    assert abs(splits.count("train") / len(ids) - 0.8) < 0.03
+    assert abs(splits.count("test") / len(ids) - 0.1) < 0.02

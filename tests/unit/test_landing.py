@@ -1,0 +1,95 @@
+"""Landing enumeration: layouts, manifests and the files that cannot be read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from visionloop.contract import Reason
+from visionloop.landing import (
+    LandingError,
+    LandingSource,
+    enumerate_source,
+    resolve_layout,
+    write_listing,
+)
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_imagefolder_labels_from_class_folders(tmp_path: Path) -> None:
+    _touch(tmp_path / "cat" / "a.png")
+    _touch(tmp_path / "cat" / "nested" / "b.png")
+    _touch(tmp_path / "dog" / "c.png")
+    source = LandingSource(path=str(tmp_path))
+    assert resolve_layout(source) == "imagefolder"
+    labels = {Path(e.uri).name: e.label for e in enumerate_source(source)}
+    assert labels == {"a.png": "cat", "b.png": "cat", "c.png": "dog"}
+
+
+def test_flat_folder_is_unlabelled(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.png")
+    _touch(tmp_path / "sub" / "b.png")
+    entries = list(enumerate_source(LandingSource(path=str(tmp_path))))
+    assert [e.label for e in entries] == [None, None]
+
+
+def test_links_fifos_and_loops_become_problems(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    _touch(root / "cat" / "ok.png")
+    os.symlink("loop.png", root / "cat" / "loop.png")
+    os.symlink("missing.png", root / "cat" / "dangling.png")
+    os.mkfifo(root / "cat" / "pipe.png")
+    os.symlink("..", root / "cat" / "up")
+    problems = {
+        Path(e.uri).name: e.problem
+        for e in enumerate_source(LandingSource(path=str(root), layout="imagefolder"))
+    }
+    assert problems == {
+        "ok.png": None,
+        "loop.png": Reason.SYMLINK_LOOP,
+        "dangling.png": Reason.MISSING,
+        "pipe.png": Reason.NOT_A_FILE,
+        "up": Reason.SYMLINK_LOOP,
+    }
+
+
+def test_manifest_rejects_paths_outside_the_root(tmp_path: Path) -> None:
+    _touch(tmp_path / "images" / "a.png")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "uri,label\nimages/a.png,cat\n../../etc/passwd,cat\n/etc/hostname,\nimages/gone.png,\n"
+    )
+    entries = list(enumerate_source(LandingSource(path=str(manifest))))
+    assert [(e.label, e.problem) for e in entries] == [
+        ("cat", None),
+        ("cat", Reason.OUTSIDE_ROOT),
+        (None, Reason.OUTSIDE_ROOT),
+        (None, Reason.MISSING),
+    ]
+
+
+def test_manifest_without_uri_column_is_a_clear_error(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\na.png,cat\n")
+    with pytest.raises(LandingError, match="uri"):
+        list(enumerate_source(LandingSource(path=str(manifest))))
+    with pytest.raises(LandingError, match="does not exist"):
+        list(enumerate_source(LandingSource(path=str(tmp_path / "nowhere"))))
+
+
+def test_listing_numbers_every_entry(tmp_path: Path) -> None:
+    for index in range(5):
+        _touch(tmp_path / "in" / f"{index}.png")
+    entries = enumerate_source(LandingSource(path=str(tmp_path / "in")))
+    count = write_listing(entries, tmp_path / "listing.parquet", chunk_rows=2)
+    table = pq.read_table(tmp_path / "listing.parquet")
+    assert count == 5
+    assert table.column("entry_id").to_pylist() == [0, 1, 2, 3, 4]

@@ -1,0 +1,115 @@
+"""Atomic batch commits into the lake.
+
+A batch is written whole under ``_staging/<batch_id>/`` (one folder per table), then a
+``_READY`` marker holding the batch report is written, then each table folder is renamed
+into ``<table>/batch_id=<batch_id>``. Renames are atomic on one filesystem, and a batch
+interrupted between marker and renames is rolled forward on the next start; one
+interrupted before its marker is discarded. Readers never see a partial batch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from visionloop.settings import Settings
+
+TABLES = ("images", "quarantine", "duplicates", "tfrecord")
+READY_MARKER = "_READY"
+
+
+@dataclass(frozen=True)
+class BatchStaging:
+    """Where a batch is written before it is committed."""
+
+    root: Path
+
+    def table(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def listing(self) -> Path:
+        return self.root / "listing.parquet"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "processed"
+
+
+def table_dir(settings: Settings, name: str) -> Path:
+    return settings.lake_dir / name
+
+
+def partition_dir(settings: Settings, name: str, batch_id: str) -> Path:
+    return table_dir(settings, name) / f"batch_id={batch_id}"
+
+
+def stage(settings: Settings, batch_id: str) -> BatchStaging:
+    """A fresh staging folder for ``batch_id``."""
+    root = settings.staging_dir / batch_id
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    return BatchStaging(root)
+
+
+def commit(settings: Settings, batch_id: str, report: dict[str, Any]) -> None:
+    """Mark the staged batch complete, then move its tables into the lake."""
+    staging = BatchStaging(settings.staging_dir / batch_id)
+    marker = staging.root / READY_MARKER
+    temporary = marker.with_suffix(".tmp")
+    temporary.write_text(json.dumps(report, indent=2, default=str))
+    temporary.rename(marker)
+    _roll_forward(settings, batch_id, staging)
+
+
+def _roll_forward(settings: Settings, batch_id: str, staging: BatchStaging) -> None:
+    for name in TABLES:
+        source = staging.table(name)
+        target = partition_dir(settings, name, batch_id)
+        if source.exists() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
+    reports = settings.lake_dir / "_batches"
+    reports.mkdir(parents=True, exist_ok=True)
+    (staging.root / READY_MARKER).replace(reports / f"{batch_id}.json")
+    shutil.rmtree(staging.root)
+
+
+def hold(settings: Settings, batch_id: str, report: dict[str, Any]) -> Path:
+    """Keep a batch that failed its gate out of the lake, for inspection; returns where."""
+    held = settings.lake_dir / "_held" / batch_id
+    held.parent.mkdir(parents=True, exist_ok=True)
+    (settings.staging_dir / batch_id).rename(held)
+    (held / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return held
+
+
+def recover(settings: Settings) -> list[str]:
+    """Finish batches that reached their marker and discard the rest; returns finished ids."""
+    finished = []
+    if not settings.staging_dir.exists():
+        return finished
+    for root in sorted(settings.staging_dir.iterdir()):
+        if (root / READY_MARKER).exists():
+            _roll_forward(settings, root.name, BatchStaging(root))
+            finished.append(root.name)
+        else:
+            shutil.rmtree(root)
+    return finished
+
+
+def committed_batches(settings: Settings) -> list[dict[str, Any]]:
+    """The reports of committed batches, oldest first."""
+    reports = settings.lake_dir / "_batches"
+    if not reports.exists():
+        return []
+    return [json.loads(path.read_text()) for path in sorted(reports.glob("*.json"))]
+
+
+def has_rows(settings: Settings, name: str = "images") -> bool:
+    """Whether a lake table holds at least one committed Parquet file."""
+    return any(table_dir(settings, name).glob("batch_id=*/*.parquet"))

@@ -1,0 +1,35 @@
+"""Typed flow parameters: the Prefect UI renders these pydantic models as forms."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from visionloop.landing import LandingSource
+from visionloop.settings import REPO_ROOT
+
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+
+
+def sample_sources() -> list[LandingSource]:
+    """The real Fashion-MNIST sample shipped with the project."""
+    return [
+        LandingSource(path=str(SAMPLE_DIR / "labelled"), layout="imagefolder"),
+        LandingSource(path=str(SAMPLE_DIR / "unlabelled"), layout="unlabelled"),
+    ]
+
+
+class IngestParameters(BaseModel):
+    """What to ingest, and whether an operator accepts a batch that fails the gate."""
+
+    sources: list[LandingSource] = Field(
+        default_factory=sample_sources,
+        description="landing folders or manifests; layout auto|imagefolder|manifest|unlabelled",
+    )
+    accept_failing_batch: bool = Field(
+        False, description="operator override: commit and continue despite critical failures"
+    )
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
+
+
+class NightlyParameters(IngestParameters):
+    """The nightly retraining run; later stages add their switches here."""
