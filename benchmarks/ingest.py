@@ -1,0 +1,150 @@
+"""Benchmark: the Spark ingest job against a bare single-process PIL loop on the same images.
+
+For each size (default 1k, 10k, 70k Fashion-MNIST images from Debian's package), it writes
+the images into a landing folder, times a bare loop doing the same read/hash/decode/resize/
+encode work, then times the Spark job (start-up separately) into a fresh lake, sampling the
+peak memory of the driver (Python + JVM) and the Python workers. Results go to
+``benchmarks/results/ingest.json``; ``benchmarks/README.md`` summarises them.
+
+    .venv/bin/python benchmarks/ingest.py [--sizes 1000 10000 70000] [--master local[*]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from PIL import Image, ImageOps
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from spark_jobs.preprocess_images import run_batch  # noqa: E402
+from visionloop.landing import LandingSource  # noqa: E402
+from visionloop.samples import materialise  # noqa: E402
+from visionloop.settings import load_settings  # noqa: E402
+from visionloop.spark import spark_session  # noqa: E402
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "ingest.json"
+
+
+def bare_loop(files: list[Path], size: int) -> float:
+    """The same per-file work in one process with PIL alone; returns images per second."""
+    started = time.perf_counter()
+    for path in files:
+        data = path.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+        out = io.BytesIO()
+        ImageOps.pad(rgb, (size, size), Image.Resampling.BICUBIC).save(out, format="PNG")
+    return len(files) / (time.perf_counter() - started)
+
+
+class PeakMemory:
+    """Samples RSS of this process (driver), its JVM and its Python workers."""
+
+    def __init__(self) -> None:
+        self.driver = self.workers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.1):
+            driver, workers = me.memory_info().rss, 0
+            for child in me.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss
+                    if "java" in child.name():
+                        driver += rss
+                    else:
+                        workers += rss
+                except psutil.Error:
+                    continue
+            self.driver, self.workers = max(self.driver, driver), max(self.workers, workers)
+
+
+def run_size(count: int, master: str, work: Path) -> dict:
+    landing = work / f"landing-{count}"
+    if not landing.exists():
+        materialise(landing, limit=count)
+    files = sorted(path for path in landing.rglob("*.png"))
+    settings = load_settings(data_home=work / f"home-{count}", spark_master=master)
+    shutil.rmtree(settings.data_home, ignore_errors=True)
+
+    bare = bare_loop(files, settings.image_size)
+    with PeakMemory() as memory:
+        started = time.perf_counter()
+        spark = spark_session(settings, "visionloop-benchmark")
+        startup = time.perf_counter() - started
+        job_started = time.perf_counter()
+        report = run_batch(spark, settings, [LandingSource(path=str(landing))])
+        job = time.perf_counter() - job_started
+        cores = spark.sparkContext.defaultParallelism
+        spark.stop()
+    total = startup + job
+    spark_rate = count / total
+    return {
+        "images": count,
+        "cores": cores,
+        "bare_loop_img_s": round(bare, 1),
+        "spark_img_s": round(spark_rate, 1),
+        "spark_img_s_excluding_startup": round(count / job, 1),
+        "ratio_to_cores_x_bare": round(spark_rate / (cores * bare), 3),
+        "ratio_excluding_startup": round(count / job / (cores * bare), 3),
+        "spark_startup_s": round(startup, 2),
+        "startup_share": round(startup / total, 3),
+        "job_s": round(job, 2),
+        "peak_driver_rss_mb": round(memory.driver / 2**20),
+        "peak_workers_rss_mb": round(memory.workers / 2**20),
+        "written": report["written"],
+        "duplicates": report["duplicates"],
+        "quarantined": report["quarantined"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 70000])
+    parser.add_argument("--master", default="local[*]")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vl-bench")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = []
+    for count in args.sizes:
+        result = run_size(count, args.master, args.work)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    machine = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30),
+        "python": platform.python_version(),
+    }
+    RESULTS.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

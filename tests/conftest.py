@@ -1,0 +1,28 @@
+"""Shared fixtures: one Spark local session per test run, stopped at the end."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_prefect(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Prefect state per test run, and a patient ephemeral API start (18-32 s here)."""
+    home: Path = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator:
+    from visionloop.settings import load_settings
+    from visionloop.spark import spark_session
+
+    session = spark_session(load_settings(spark_master="local[2]"), "visionloop-tests")
+    yield session
+    session.stop()

@@ -1,0 +1,184 @@
+"""The Spark preprocessing job on Spark local, read back with pyarrow and the tfrecord package."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from tfrecord.reader import tfrecord_loader
+from tfrecord.writer import TFRecordWriter
+
+from spark_jobs.preprocess_images import run_batch
+from tests.corpus import build_bad_corpus, write_escaping_manifest
+from visionloop import lake
+from visionloop.contract import IMAGES_SCHEMA, QUARANTINE_SCHEMA
+from visionloop.landing import LandingSource
+from visionloop.parameters import SAMPLE_DIR
+from visionloop.settings import REPO_ROOT, load_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return load_settings(
+        data_home=tmp_path / "home",
+        spark_master="local[2]",
+        image_size=32,
+        parquet_row_group_rows=64,
+        tfrecord_shard_rows=100,
+        spark_partitions=4,
+    )
+
+
+@pytest.fixture
+def sample_landing(tmp_path: Path) -> Path:
+    """240 labelled sample images (24 per class) and 40 unlabelled ones."""
+    landing = tmp_path / "landing"
+    for class_dir in sorted((SAMPLE_DIR / "labelled").iterdir()):
+        target = landing / "labelled" / class_dir.name
+        target.mkdir(parents=True)
+        for image in sorted(class_dir.glob("*.png"))[:24]:
+            shutil.copy(image, target)
+    (landing / "unlabelled").mkdir()
+    for image in sorted((SAMPLE_DIR / "unlabelled").glob("*.png"))[:40]:
+        shutil.copy(image, landing / "unlabelled")
+    return landing
+
+
+def _sources(landing: Path) -> list[LandingSource]:
+    return [
+        LandingSource(path=str(landing / "labelled"), layout="imagefolder"),
+        LandingSource(path=str(landing / "unlabelled"), layout="unlabelled"),
+    ]
+
+
+def _images(settings) -> pa.Table:
+    return ds.dataset(settings.images_dir, format="parquet", partitioning="hive").to_table()
+
+
+def _read_verified_frames(path: Path) -> int:
+    """Walk a TFRecord file frame by frame, checking both masked CRCs; returns the count."""
+    data, offset, count = path.read_bytes(), 0, 0
+    while offset < len(data):
+        length_bytes = data[offset : offset + 8]
+        (length,) = struct.unpack("<Q", length_bytes)
+        assert data[offset + 8 : offset + 12] == TFRecordWriter.masked_crc(length_bytes)
+        record = data[offset + 12 : offset + 12 + length]
+        assert data[offset + 12 + length : offset + 16 + length] == TFRecordWriter.masked_crc(
+            record
+        )
+        offset += 16 + length
+        count += 1
+    return count
+
+
+def test_sample_batch_lands_in_parquet_and_tfrecord(spark, settings, sample_landing) -> None:
+    report = run_batch(spark, settings, _sources(sample_landing))
+    assert report["files_in"] == 280
+    assert report["written"] + report["duplicates"] + report["quarantined"] == 280
+    assert report["quarantined"] == 0
+
+    table = _images(settings)
+    assert table.num_rows == report["written"]
+    assert set(IMAGES_SCHEMA.names) | {"batch_id"} == set(table.column_names)
+    assert len(set(table.column("image_id").to_pylist())) == table.num_rows
+    assert table.column("label").null_count == 40
+    image = Image.open(io.BytesIO(table.column("image")[0].as_py()))
+    assert (image.size, image.mode, image.format) == ((32, 32), "RGB", "PNG")
+
+    for part in settings.images_dir.glob("batch_id=*/*.parquet"):
+        metadata = pq.ParquetFile(part).metadata
+        assert all(metadata.row_group(i).num_rows <= 64 for i in range(metadata.num_row_groups))
+        assert not any(pa.types.is_nested(field.type) for field in pq.read_schema(part))
+
+    shards = sorted(settings.tfrecord_dir.glob("batch_id=*/*.tfrecord"))
+    assert {shard.name.split("-")[0] for shard in shards} <= {"train", "val", "test"}
+    assert sum(_read_verified_frames(shard) for shard in shards) == table.num_rows
+    example = next(iter(tfrecord_loader(str(shards[0]), None)))
+    assert example["image/height"][0] == example["image/width"][0] == 32
+    assert len(bytes(example["image/id"]).decode()) == 64
+    assert Image.open(io.BytesIO(bytes(example["image/encoded"]))).size == (32, 32)
+
+
+def test_repeated_batch_adds_nothing(spark, settings, sample_landing) -> None:
+    first = run_batch(spark, settings, _sources(sample_landing))
+    second = run_batch(spark, settings, _sources(sample_landing))
+    assert second["written"] == 0
+    assert second["duplicates"] == first["files_in"]
+    assert _images(settings).num_rows == first["written"]
+
+
+def test_bad_corpus_is_quarantined_with_reasons(spark, settings, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    entries = build_bad_corpus(corpus)
+    report = run_batch(spark, settings, [LandingSource(path=str(corpus), layout="imagefolder")])
+    assert report["files_in"] == report["written"] + report["duplicates"] + report["quarantined"]
+
+    quarantine = ds.dataset(settings.quarantine_dir, format="parquet", partitioning="hive")
+    assert set(QUARANTINE_SCHEMA.names) | {"batch_id"} == set(quarantine.schema.names)
+    reasons = {
+        Path(row["uri"]).relative_to(corpus).as_posix(): row["reason"]
+        for row in quarantine.to_table().to_pylist()
+    }
+    lake_uris = {
+        Path(uri).relative_to(corpus).as_posix()
+        for uri in _images(settings).column("source_uri").to_pylist()
+    }
+    for entry in entries:
+        if entry.expected == "ok":
+            assert entry.relpath in lake_uris, entry
+        elif entry.expected == "duplicate":
+            assert entry.relpath not in lake_uris and entry.relpath not in reasons, entry
+        else:
+            assert reasons.get(entry.relpath) == entry.expected, entry
+
+
+def test_manifest_entries_outside_the_root_are_quarantined(spark, settings, tmp_path) -> None:
+    corpus = tmp_path / "corpus"
+    build_bad_corpus(corpus)
+    manifest = write_escaping_manifest(corpus)
+    report = run_batch(spark, settings, [LandingSource(path=str(manifest), layout="manifest")])
+    reasons = report["quarantined_by_reason"]
+    assert reasons.get("outside_landing_root", 0) >= 2
+    assert reasons.get("missing_file", 0) >= 1
+    assert report["files_in"] == report["written"] + report["duplicates"] + report["quarantined"]
+
+
+def test_killed_batch_leaves_no_partial_files(settings, sample_landing, tmp_path) -> None:
+    """Kill spark-submit style runs mid-batch; the next run recovers and counts each file once."""
+    config = settings.save(tmp_path / "config")
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "spark_jobs" / "preprocess_images.py"),
+        "--config",
+        str(config),
+        "--source",
+        str(sample_landing / "labelled"),
+    ]
+    job = subprocess.Popen(command, start_new_session=True, cwd=REPO_ROOT)
+    deadline = time.monotonic() + 120
+    while not any(settings.staging_dir.glob("*/processed")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert any(settings.staging_dir.iterdir()), "the job was killed before staging anything"
+    assert not lake.has_rows(settings)
+
+    finished = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert not settings.staging_dir.exists() or not any(settings.staging_dir.iterdir())
+    assert _images(settings).num_rows == 240
+    assert len(lake.committed_batches(settings)) == 1
