@@ -29,7 +29,8 @@ def _settings(config: Path | None) -> Settings:
 
 def prefect_env(settings: Settings) -> None:
     """Embedded Prefect defaults: a per-project home and a patient ephemeral API start."""
-    os.environ.setdefault("PREFECT_HOME", str(settings.data_home / "prefect"))
+    prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(settings.data_home / "prefect")))
+    prefect_home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -40,10 +41,9 @@ def _fail(message: str) -> None:
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
-    from visionloop.validation import QualityGateError
-
     from visionloop.landing import LandingError
     from visionloop.spark import SparkUnavailableError
+    from visionloop.validation import QualityGateError
 
     return (SettingsError, LandingError, QualityGateError, SparkUnavailableError)
 

@@ -1,0 +1,120 @@
+"""A real Prefect server on 127.0.0.1: deploy, trigger the nightly run, see it finish."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.dataset as ds
+import pytest
+
+from visionloop.parameters import SAMPLE_DIR
+from visionloop.settings import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the Prefect server exited during start-up"
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"Prefect server at {url} not healthy after {timeout} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def prefect_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A Prefect server on a free 127.0.0.1 port with its own home; stopped afterwards."""
+    port = _free_port()
+    env = os.environ | {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "VISIONLOOP_DATA_HOME": str(tmp_path / "home"),
+        "VISIONLOOP_SPARK_MASTER": "local[2]",
+        "VISIONLOOP_IMAGE_SIZE": "32",
+        "VISIONLOOP_TIMEZONE": "Europe/Berlin",
+    }
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_healthy(env["PREFECT_API_URL"], server)
+        yield env
+    finally:
+        _stop(server)
+
+
+def _landing(tmp_path: Path) -> Path:
+    landing = tmp_path / "landing"
+    for class_dir in sorted((SAMPLE_DIR / "labelled").iterdir())[:3]:
+        (landing / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.glob("*.png"))[:15]:
+            shutil.copy(image, landing / class_dir.name)
+    return landing
+
+
+def test_nightly_deployment_runs_from_the_api(prefect_env, tmp_path: Path) -> None:
+    deployed = subprocess.run(
+        [str(BIN / "visionloop"), "deploy"], env=prefect_env, capture_output=True, text=True
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "visionloop", "--type", "process"],
+        env=prefect_env,
+        cwd=REPO_ROOT,
+    )
+    try:
+        script = Path(__file__).with_name("trigger_nightly.py")
+        landing = _landing(tmp_path)
+        triggered = subprocess.run(
+            [sys.executable, str(script), str(landing)],
+            env=prefect_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        _stop(worker)
+    assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+    lines = dict(line.split("=", 1) for line in triggered.stdout.splitlines() if "=" in line)
+    assert lines["state"] == "COMPLETED"
+    assert lines["cron"] == "0 2 * * *"
+    assert lines["timezone"] == "Europe/Berlin"
+    assert {"ingest-counts", "expectations", "data-docs"} <= set(lines["artifacts"].split(","))
+    images = ds.dataset(
+        Path(prefect_env["VISIONLOOP_DATA_HOME"]) / "lake" / "images",
+        format="parquet",
+        partitioning="hive",
+    )
+    assert images.count_rows() == 45

@@ -1,0 +1,33 @@
+"""Trigger the deployed nightly flow through the Prefect API with a parameter override.
+
+Run by test_prefect_deployment.py in its own process, so PREFECT_API_URL points this client
+at the test's server. Prints ``key=value`` lines the test reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.deployments import run_deployment
+
+
+async def main(landing: str) -> None:
+    parameters = {"params": {"sources": [{"path": landing, "layout": "imagefolder"}]}}
+    run = await run_deployment("nightly/nightly", parameters=parameters, timeout=540)
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name("nightly/nightly")
+        schedule = deployment.schedules[0].schedule
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+        )
+    print(f"state={run.state.type.value}")
+    print(f"cron={schedule.cron}")
+    print(f"timezone={schedule.timezone}")
+    print(f"artifacts={','.join(sorted(a.key for a in artifacts if a.key))}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))

@@ -1,0 +1,195 @@
+"""The Great Expectations gate, run for real on tiny hand-written images tables."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from visionloop.contract import IMAGES_SCHEMA, split_for
+from visionloop.settings import Settings, SplitFractions, load_settings
+from visionloop.validation import (
+    QualityGateError,
+    enforce,
+    expected_columns,
+    run_gate,
+    split_bounds,
+    table_frame,
+)
+
+
+@cache
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _rows(
+    ids: range, labels: tuple[str | None, ...] = ("cat", "dog"), **fields: Any
+) -> list[dict[str, Any]]:
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = []
+    for index in ids:
+        image_id = hashlib.sha256(f"image-{index}".encode()).hexdigest()
+        label = labels[index % len(labels)]
+        row = {
+            "image_id": image_id,
+            "image": _png(),
+            "image_format": "PNG",
+            "label": label,
+            "label_source": "seed" if label else None,
+            "annotator": None,
+            "labelled_at": now if label else None,
+            "split": split_for(image_id, SplitFractions()),
+            "width": 32,
+            "height": 24,
+            "mode": "RGB",
+            "source_format": "PNG",
+            "source_uri": f"file:///landing/{index}.png",
+            "ingested_at": now,
+        }
+        rows.append(row | fields)
+    return rows
+
+
+def _write(directory: Path, rows: list[dict[str, Any]], row_group_size: int = 1024) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA)
+    pq.write_table(table, directory / "part-0.parquet", row_group_size=row_group_size)
+
+
+def _commit(settings: Settings, batch_id: str, rows: list[dict[str, Any]]) -> None:
+    _write(settings.images_dir / f"batch_id={batch_id}", rows)
+
+
+def _stage(settings: Settings, batch_id: str, rows: list[dict[str, Any]]) -> None:
+    _write(settings.staging_dir / batch_id / "images", rows)
+
+
+def _failed(result, severity: str = "critical") -> set[tuple[str, str, str | None]]:
+    failures = result.critical_failures if severity == "critical" else result.warnings
+    return {(o.suite, o.expectation, o.column) for o in failures}
+
+
+def test_table_frame_has_lengths_and_batches_not_bytes(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path)
+    _write(settings.images_dir / "batch_id=b1", _rows(range(3)), row_group_size=1)
+    _commit(settings, "b2", _rows(range(3, 5)))
+    frame = table_frame(settings.images_dir)
+    assert list(frame.columns) == expected_columns()
+    assert "image" not in frame.columns
+    assert frame["image_nbytes"].tolist() == [len(_png())] * 5
+    assert frame["batch_id"].tolist() == ["b1"] * 3 + ["b2"] * 2
+    assert len(table_frame(settings.images_dir, "b2")) == 2
+    assert list(table_frame(tmp_path / "none").columns) == expected_columns()
+
+
+def test_split_tolerance_widens_for_small_samples() -> None:
+    assert split_bounds(0.8, 100_000, 0.05) == pytest.approx((0.75, 0.85))
+    low, high = split_bounds(0.1, 10, 0.05)
+    assert low == 0.0 and high == pytest.approx(0.1 + 3 * (0.09 / 10) ** 0.5)
+    assert split_bounds(0.1, 0, 0.05) == (0.0, 1.0)
+
+
+def test_clean_batch_passes_and_rare_class_is_a_warning(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path)
+    _commit(settings, "b1", _rows(range(8)))
+    _stage(settings, "b2", _rows(range(8, 12)))
+    result = run_gate(settings, "b2", files_in=5, quarantined=1)
+    enforce(result)
+    assert result.passed and not result.overridden and not result.critical_failures
+    assert _failed(result, "warning") == {
+        ("images_stats", "expect_column_values_to_be_between", "min_class_count")
+    }
+    assert result.warnings[0].observed == "6 for cat, dog (needs >= 10)"
+    assert result.stats["class_counts"] == {"cat": 6, "dog": 6}
+    assert result.data_docs.name == "index.html" and result.data_docs.is_file()
+    assert str(settings.gx_root) in str(result.data_docs)
+    assert all(page.is_file() for page in result.pages.values())
+    recorded = json.loads((settings.runs_dir / "b2" / "validation.json").read_text())
+    assert recorded["passed"] and recorded["warnings"] == 1 and recorded["message"] == ""
+    assert {row["suite"] for row in result.summary_rows()} == {
+        "images_batch",
+        "images_table",
+        "images_stats",
+    }
+
+
+def test_duplicate_id_fails_critically_until_an_operator_accepts_it(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
+    _commit(settings, "b1", _rows(range(6)))
+    _stage(settings, "b2", _rows(range(4, 8)))
+    result = run_gate(settings, "b2", files_in=4, quarantined=0)
+    assert not result.passed
+    assert _failed(result) == {("images_table", "expect_column_values_to_be_unique", "image_id")}
+    assert result.data_docs.is_file() and "images_table" in str(result.data_docs)
+    with pytest.raises(QualityGateError) as raised:
+        enforce(result)
+    message = str(raised.value)
+    assert f"images_table (Data Docs: {result.data_docs})" in message
+    assert "- expect_column_values_to_be_unique(image_id): image_id is unique" in message
+    assert str(result.data_docs) in message and "--accept-failing-batch" in message
+
+    accepted = run_gate(settings, "b2", files_in=4, quarantined=0, accept_failing_batch=True)
+    enforce(accepted)
+    assert accepted.passed and accepted.overridden
+    assert _failed(accepted) == _failed(result)
+    recorded = json.loads((settings.runs_dir / "b2" / "validation.json").read_text())
+    assert recorded["passed"] and recorded["overridden"] and recorded["critical_failures"] == 1
+    assert "operator override" in recorded["message"]
+
+
+def test_unexpected_label_is_a_warning_unless_classes_are_configured(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
+    _commit(settings, "b1", _rows(range(6)))
+    _stage(settings, "b2", _rows(range(6, 9), labels=("bird", None)))
+    open_set = run_gate(settings, "b2", files_in=3, quarantined=0)
+    assert open_set.passed
+    label_check = ("images_batch", "expect_column_values_to_be_in_set", "label")
+    assert _failed(open_set, "warning") == {label_check}
+    assert "bird" in open_set.warnings[0].observed
+
+    closed = settings.model_copy(update={"classes": ["cat", "dog"]})
+    closed_set = run_gate(closed, "b2", files_in=3, quarantined=0)
+    assert not closed_set.passed and not closed_set.warnings
+    assert _failed(closed_set) == {label_check, ("images_table", *label_check[1:])}
+
+
+def test_width_out_of_range_fails(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
+    _stage(settings, "b1", _rows(range(4)) + _rows(range(4, 5), width=4))
+    result = run_gate(settings, "b1", files_in=5, quarantined=0)
+    width = ("expect_column_values_to_be_between", "width")
+    assert _failed(result) == {("images_batch", *width), ("images_table", *width)}
+    assert "1 of 5 rows unexpected" in result.critical_failures[0].observed
+
+
+def test_skewed_splits_fail_on_a_large_table_not_a_small_batch(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
+    _commit(settings, "b1", _rows(range(400), split="train"))
+    _stage(settings, "b2", _rows(range(400, 408), split="train"))
+    result = run_gate(settings, "b2", files_in=8, quarantined=0)
+    failed = {o.column for o in result.critical_failures}
+    assert failed == {"table_train_fraction", "table_val_fraction", "table_test_fraction"}
+    batch_checks = [o for o in result.outcomes if (o.column or "").startswith("batch_")]
+    assert len(batch_checks) == 3 and all(o.success for o in batch_checks)
+
+
+def test_quarantine_rate_over_threshold_fails(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
+    _stage(settings, "b1", _rows(range(4)))
+    result = run_gate(settings, "b1", files_in=10, quarantined=6)
+    assert _failed(result) == {
+        ("images_stats", "expect_column_values_to_be_between", "quarantine_rate")
+    }
+    assert result.critical_failures[0].observed.startswith("0.6 ")
