@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -123,18 +124,36 @@ def run_size(count: int, master: str, work: Path) -> dict:
     }
 
 
+def _run_in_fresh_process(count: int, args: argparse.Namespace) -> dict:
+    """Each size gets its own JVM, so every run pays (and reports) Spark's start-up."""
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        str(count),
+        "--master",
+        args.master,
+        "--work",
+        str(args.work),
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = json.loads(output.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 70000])
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vl-bench")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, this process
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    results = []
-    for count in args.sizes:
-        result = run_size(count, args.master, args.work)
-        print(json.dumps(result), flush=True)
-        results.append(result)
+    if args.one:
+        print(json.dumps(run_size(args.one, args.master, args.work)))
+        return
+    results = [_run_in_fresh_process(count, args) for count in args.sizes]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     machine = {
         "cpu": platform.processor() or platform.machine(),

@@ -27,7 +27,6 @@ import pyarrow as pa
 from pyspark import TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from visionloop.imaging import ImageOptions, ProcessedImage, process_file
 
 from visionloop import lake
 from visionloop.contract import (
@@ -36,9 +35,10 @@ from visionloop.contract import (
     Reason,
     split_for,
 )
+from visionloop.imaging import ImageOptions, ProcessedImage, process_file
 from visionloop.landing import LandingSource, enumerate_source, write_listing
 from visionloop.settings import Settings, SplitFractions, load_settings
-from visionloop.writers import write_parquet_part, write_tfrecord_shards
+from visionloop.writers import ParquetSink, TFRecordSink, write_through
 
 PROCESSED_SCHEMA = pa.schema(
     [
@@ -61,6 +61,7 @@ DUPLICATES_SCHEMA = pa.schema(
     [("uri", pa.string()), ("image_id", pa.string()), ("duplicate_of", pa.string())]
 )
 NEW, DUPLICATE, QUARANTINED = "new", "duplicate", "quarantine"
+WRITTEN_DDL = "path string, split string, rows long"
 
 
 def new_batch_id(now: datetime | None = None) -> str:
@@ -110,12 +111,28 @@ def _task_name(batch_id: str) -> str:
     return f"part-{partition:05d}-{batch_id}"
 
 
-def _write_parquet(batches, directory: Path, schema: pa.Schema, batch_id: str, row_group: int):
-    return write_parquet_part(batches, directory, schema, _task_name(batch_id), row_group)
+def write_table_partition(batches, directory: Path, schema: pa.Schema, batch_id: str, rows: int):
+    """mapInArrow body: this task's rows into one Parquet file."""
+    sink = ParquetSink(directory, _task_name(batch_id), schema, rows)
+    return write_through(batches, [sink])
 
 
-def _write_tfrecord(batches, directory: Path, batch_id: str, labels: dict[str, int], rows: int):
-    return write_tfrecord_shards(batches, directory, _task_name(batch_id), labels, rows)
+def write_images_partition(
+    batches, staging: lake.BatchStaging, batch_id: str, settings: Settings, labels: dict[str, int]
+):
+    """mapInArrow body: this task's new images into Parquet and TFRecord in one pass."""
+    name = _task_name(batch_id)
+    sinks = [
+        ParquetSink(staging.table("images"), name, IMAGES_SCHEMA, settings.parquet_row_group_rows),
+        TFRecordSink(
+            staging.table("tfrecord"),
+            name,
+            labels,
+            settings.image_size,
+            settings.tfrecord_shard_rows,
+        ),
+    ]
+    return write_through(batches, sinks)
 
 
 # ---------------------------------------------------------------- driver-side stages
@@ -234,10 +251,20 @@ def write_outputs(
     batch_id: str,
     ingested_at: datetime,
 ) -> None:
-    """Write new images, quarantine and duplicate rows, and TFRecord shards into staging."""
+    """Write new images (Parquet + TFRecord), quarantine and duplicate rows into staging."""
+    labels = label_index(spark, settings, decisions)
     new_ids = decisions.filter(F.col("outcome") == NEW).select("entry_id")
-    new_rows = processed.join(new_ids, "entry_id", "left_semi").select(*_image_columns(ingested_at))
-    _write_table(new_rows, staging.table("images"), IMAGES_SCHEMA, settings, batch_id)
+    new_rows = processed.join(F.broadcast(new_ids), "entry_id", "left_semi")
+    body = functools.partial(
+        write_images_partition,
+        staging=staging,
+        batch_id=batch_id,
+        settings=settings,
+        labels=labels,
+    )
+    new_rows.select(*_image_columns(ingested_at)).mapInArrow(body, WRITTEN_DDL).count()
+    if staging.table("tfrecord").exists():
+        (staging.table("tfrecord") / "label_map.json").write_text(json.dumps(labels, indent=2))
     quarantined = decisions.filter(F.col("outcome") == QUARANTINED).select(
         "uri",
         "reason",
@@ -246,16 +273,11 @@ def write_outputs(
         "image_id",
         F.lit(ingested_at).cast("timestamp").alias("quarantined_at"),
     )
-    _write_table(
-        quarantined.coalesce(1), staging.table("quarantine"), QUARANTINE_SCHEMA, settings, batch_id
-    )
+    _write_table(quarantined, staging.table("quarantine"), QUARANTINE_SCHEMA, settings, batch_id)
     duplicates = decisions.filter(F.col("outcome") == DUPLICATE).select(
         "uri", "image_id", "duplicate_of"
     )
-    _write_table(
-        duplicates.coalesce(1), staging.table("duplicates"), DUPLICATES_SCHEMA, settings, batch_id
-    )
-    _write_tfrecords(spark, settings, staging, batch_id)
+    _write_table(duplicates, staging.table("duplicates"), DUPLICATES_SCHEMA, settings, batch_id)
 
 
 def _image_columns(ingested_at: datetime) -> list[Column]:
@@ -281,52 +303,24 @@ def _write_table(
     frame: DataFrame, directory: Path, schema: pa.Schema, settings: Settings, batch_id: str
 ) -> None:
     body = functools.partial(
-        _write_parquet,
+        write_table_partition,
         directory=directory,
         schema=schema,
         batch_id=batch_id,
-        row_group=settings.parquet_row_group_rows,
+        rows=settings.parquet_row_group_rows,
     )
-    frame.mapInArrow(body, "path string, split string, rows long").count()
+    frame.coalesce(1).mapInArrow(body, WRITTEN_DDL).count()
 
 
-def _write_tfrecords(
-    spark: SparkSession, settings: Settings, staging: lake.BatchStaging, batch_id: str
-) -> None:
-    images_dir = staging.table("images")
-    if not any(images_dir.glob("*.parquet")):
-        return
-    labels = label_index(spark, settings, images_dir)
-    size = F.lit(settings.image_size)
-    rows = spark.read.parquet(str(images_dir)).select(
-        "image",
-        "image_format",
-        "label",
-        "image_id",
-        "split",
-        size.alias("image_height"),
-        size.alias("image_width"),
-    )
-    body = functools.partial(
-        _write_tfrecord,
-        directory=staging.table("tfrecord"),
-        batch_id=batch_id,
-        labels=labels,
-        rows=settings.tfrecord_shard_rows,
-    )
-    rows.mapInArrow(body, "path string, split string, rows long").count()
-    (staging.table("tfrecord") / "label_map.json").write_text(json.dumps(labels, indent=2))
-
-
-def label_index(spark: SparkSession, settings: Settings, batch_images: Path) -> dict[str, int]:
+def label_index(spark: SparkSession, settings: Settings, decisions: DataFrame) -> dict[str, int]:
     """Class index for TFRecord labels: settings.classes, else the sorted lake + batch labels."""
     if settings.classes:
         return {name: index for index, name in enumerate(settings.classes)}
-    frames = [spark.read.parquet(str(batch_images)).select("label")]
+    labels = decisions.filter(F.col("outcome") == NEW).select("label")
     if lake.has_rows(settings, "images"):
-        frames.append(spark.read.parquet(str(lake.table_dir(settings, "images"))).select("label"))
-    union = functools.reduce(DataFrame.unionByName, frames)
-    names = sorted(row.label for row in union.dropna().distinct().collect())
+        lake_labels = spark.read.parquet(str(lake.table_dir(settings, "images"))).select("label")
+        labels = labels.unionByName(lake_labels)
+    names = sorted(row.label for row in labels.dropna().distinct().collect())
     return {name: index for index, name in enumerate(names)}
 
 
@@ -365,7 +359,8 @@ def stage_batch(
     staging = lake.stage(settings, batch_id)
     files_in = list_batch(sources, staging.listing)
     processed = preprocess(spark, settings, staging)
-    decisions = decide(processed, read_lake_labels(spark, settings))
+    decide(processed, read_lake_labels(spark, settings)).write.parquet(str(staging.decisions))
+    decisions = spark.read.parquet(str(staging.decisions))
     write_outputs(spark, settings, staging, processed, decisions, batch_id, ingested_at)
     report = summarise(decisions, files_in, batch_id)
     accounted = report["written"] + report["duplicates"] + report["quarantined"]

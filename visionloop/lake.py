@@ -38,6 +38,10 @@ class BatchStaging:
     def processed(self) -> Path:
         return self.root / "processed"
 
+    @property
+    def decisions(self) -> Path:
+        return self.root / "decisions"
+
 
 def table_dir(settings: Settings, name: str) -> Path:
     return settings.lake_dir / name

@@ -1,7 +1,8 @@
 """File writers that run inside Spark tasks: Parquet parts and TFRecord shards.
 
-Each task writes its own files under a temporary name and renames them when complete,
-so a retried task replaces its files instead of leaving partial ones beside them.
+A task feeds its rows once through one or more sinks. Each sink writes under a temporary
+name and renames when complete, so a retried task replaces its files instead of leaving
+partial ones beside them.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,42 +19,42 @@ from tfrecord.writer import TFRecordWriter
 WRITTEN_SCHEMA = pa.schema([("path", pa.string()), ("split", pa.string()), ("rows", pa.int64())])
 
 
+class Sink(Protocol):
+    def write(self, batch: pa.RecordBatch) -> None: ...
+
+    def close(self) -> list[tuple[Path, str | None, int]]: ...
+
+
 def _finish(temporary: Path) -> Path:
     final = temporary.with_name(temporary.name.removesuffix(".tmp"))
     os.replace(temporary, final)
     return final
 
 
-def _written(path: Path, split: str | None, rows: int) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pylist(
-        [{"path": str(path), "split": split, "rows": rows}], schema=WRITTEN_SCHEMA
-    )
+class ParquetSink:
+    """One Parquet file with bounded row groups, cast to ``schema``."""
+
+    def __init__(self, directory: Path, name: str, schema: pa.Schema, row_group_rows: int):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.temporary = directory / f"{name}.parquet.tmp"
+        self.schema, self.row_group_rows, self.rows = schema, row_group_rows, 0
+        self.writer = pq.ParquetWriter(self.temporary, schema, compression="zstd")
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            table = pa.Table.from_batches([batch]).select(self.schema.names).cast(self.schema)
+            self.writer.write_table(table, row_group_size=self.row_group_rows)
+            self.rows += batch.num_rows
+
+    def close(self) -> list[tuple[Path, str | None, int]]:
+        self.writer.close()
+        if self.rows == 0:
+            self.temporary.unlink()
+            return []
+        return [(_finish(self.temporary), None, self.rows)]
 
 
-def write_parquet_part(
-    batches: Iterable[pa.RecordBatch],
-    directory: Path,
-    schema: pa.Schema,
-    name: str,
-    row_group_rows: int,
-) -> Iterator[pa.RecordBatch]:
-    """Write one Parquet file with bounded row groups; yields one row describing it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f"{name}.parquet.tmp"
-    rows = 0
-    with pq.ParquetWriter(temporary, schema, compression="zstd") as writer:
-        for batch in batches:
-            if batch.num_rows:
-                table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
-                writer.write_table(table, row_group_size=row_group_rows)
-                rows += batch.num_rows
-    if rows == 0:
-        temporary.unlink()
-        return
-    yield _written(_finish(temporary), None, rows)
-
-
-def tf_example(row: dict, label_index: dict[str, int]) -> dict[str, tuple[object, str]]:
+def tf_example(row: dict, label_index: dict[str, int], size: int) -> dict[str, tuple[object, str]]:
     """The ``tf.train.Example`` features of one images-table row (label -1 when unlabelled)."""
     label = row["label"]
     return {
@@ -61,43 +63,60 @@ def tf_example(row: dict, label_index: dict[str, int]) -> dict[str, tuple[object
         "image/class/label": (label_index.get(label, -1) if label else -1, "int"),
         "image/class/text": ((label or "").encode(), "byte"),
         "image/id": (row["image_id"].encode(), "byte"),
-        "image/height": (row["image_height"], "int"),
-        "image/width": (row["image_width"], "int"),
+        "image/height": (size, "int"),
+        "image/width": (size, "int"),
     }
 
 
-def write_tfrecord_shards(
-    batches: Iterable[pa.RecordBatch],
-    directory: Path,
-    name: str,
-    label_index: dict[str, int],
-    shard_rows: int,
-) -> Iterator[pa.RecordBatch]:
-    """Write rows into per-split shards of at most ``shard_rows`` records each."""
-    directory.mkdir(parents=True, exist_ok=True)
-    open_shards: dict[str, tuple[TFRecordWriter, Path, int, int]] = {}
-    finished: list[tuple[Path, str, int]] = []
+class TFRecordSink:
+    """Per-split TFRecord shards of at most ``shard_rows`` records each."""
 
-    def close(split: str) -> None:
-        writer, temporary, _, rows = open_shards.pop(split)
+    def __init__(
+        self, directory: Path, name: str, label_index: dict[str, int], size: int, shard_rows: int
+    ):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.name = directory, name
+        self.label_index, self.size, self.shard_rows = label_index, size, shard_rows
+        self.open: dict[str, tuple[TFRecordWriter, Path, int]] = {}
+        self.numbers: dict[str, int] = {}
+        self.finished: list[tuple[Path, str | None, int]] = []
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        columns = ["image", "image_format", "label", "image_id", "split"]
+        for row in batch.select(columns).to_pylist():
+            writer, temporary, rows = self._shard(row["split"])
+            writer.write(tf_example(row, self.label_index, self.size))
+            self.open[row["split"]] = (writer, temporary, rows + 1)
+            if rows + 1 >= self.shard_rows:
+                self._close(row["split"])
+
+    def _shard(self, split: str) -> tuple[TFRecordWriter, Path, int]:
+        if split not in self.open:
+            number = self.numbers.get(split, 0)
+            self.numbers[split] = number + 1
+            temporary = self.directory / f"{split}-{self.name}-{number:03d}.tfrecord.tmp"
+            self.open[split] = (TFRecordWriter(str(temporary)), temporary, 0)
+        return self.open[split]
+
+    def _close(self, split: str) -> None:
+        writer, temporary, rows = self.open.pop(split)
         writer.close()
-        finished.append((_finish(temporary), split, rows))
+        self.finished.append((_finish(temporary), split, rows))
 
-    shard_numbers: dict[str, int] = {}
+    def close(self) -> list[tuple[Path, str | None, int]]:
+        for split in list(self.open):
+            self._close(split)
+        return self.finished
+
+
+def write_through(batches: Iterable[pa.RecordBatch], sinks: list[Sink]) -> Iterator[pa.RecordBatch]:
+    """Feed every batch to every sink; yield one row per file written."""
     for batch in batches:
-        for row in batch.to_pylist():
-            split = row["split"]
-            if split not in open_shards:
-                number = shard_numbers.get(split, 0)
-                shard_numbers[split] = number + 1
-                temporary = directory / f"{split}-{name}-{number:03d}.tfrecord.tmp"
-                open_shards[split] = (TFRecordWriter(str(temporary)), temporary, number, 0)
-            writer, temporary, number, rows = open_shards[split]
-            writer.write(tf_example(row, label_index))
-            open_shards[split] = (writer, temporary, number, rows + 1)
-            if rows + 1 >= shard_rows:
-                close(split)
-    for split in list(open_shards):
-        close(split)
-    for path, split, rows in finished:
-        yield _written(path, split, rows)
+        for sink in sinks:
+            sink.write(batch)
+    written = [entry for sink in sinks for entry in sink.close()]
+    if written:
+        yield pa.RecordBatch.from_pylist(
+            [{"path": str(path), "split": split, "rows": rows} for path, split, rows in written],
+            schema=WRITTEN_SCHEMA,
+        )
