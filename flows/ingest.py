@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from visionloop.validation import QualityGateError
 
 from tasks.ingest import commit_batch, hold_batch, preprocess_batch, publish_ingest_report
 from tasks.validate import validate_batch
 from visionloop.parameters import IngestParameters
 from visionloop.settings import Settings, load_settings
+from visionloop.validation import QualityGateError
 
 
 @flow(name="ingest", log_prints=True)
