@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyspark import TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -62,6 +64,11 @@ DUPLICATES_SCHEMA = pa.schema(
 )
 NEW, DUPLICATE, QUARANTINED = "new", "duplicate", "quarantine"
 WRITTEN_DDL = "path string, split string, rows long"
+NARROW_COLUMNS = ["entry_id", "uri", "label", "reason", "detail", "image_id", "split"]
+NARROW_DDL = (
+    "entry_id long, uri string, label string, reason string, detail string, "
+    "image_id string, split string, file string"
+)
 
 
 def new_batch_id(now: datetime | None = None) -> str:
@@ -97,12 +104,87 @@ def _process_entry(entry: dict[str, Any], options: ImageOptions, fractions: Spli
 
 
 def process_partition(
-    batches: Iterable[pa.RecordBatch], options: ImageOptions, fractions: SplitFractions
+    batches: Iterable[pa.RecordBatch],
+    options: ImageOptions,
+    fractions: SplitFractions,
+    directory: Path,
+    batch_id: str,
 ) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: read, check and preprocess each listed file."""
+    """mapInArrow body: preprocess each listed file; image bytes stay in this worker.
+
+    Processed rows (with image bytes) go to one Parquet file per task; only the narrow
+    columns, and the file they are in, go back to Spark.
+    """
+    sink = ParquetSink(directory, _task_name(batch_id), PROCESSED_SCHEMA, 1024)
+    narrow: list[pa.RecordBatch] = []
     for batch in batches:
         rows = [_process_entry(entry, options, fractions) for entry in batch.to_pylist()]
-        yield pa.RecordBatch.from_pylist(rows, schema=PROCESSED_SCHEMA)
+        processed = pa.RecordBatch.from_pylist(rows, schema=PROCESSED_SCHEMA)
+        sink.write(processed)
+        narrow.append(processed.select(NARROW_COLUMNS))
+    written = sink.close()
+    path = str(written[0][0]) if written else None
+    for batch in narrow:
+        files = pa.array([path] * batch.num_rows, pa.string())
+        yield pa.RecordBatch.from_arrays([*batch.columns, files], names=[*NARROW_COLUMNS, "file"])
+
+
+def finalise_partition(
+    batches: Iterable[pa.RecordBatch],
+    staging: lake.BatchStaging,
+    batch_id: str,
+    settings: Settings,
+    labels: dict[str, int],
+    ingested_at: datetime,
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: copy this task's new rows from their processed files into the
+    images table and TFRecord shards, in one pass."""
+    wanted: dict[str, list[int]] = {}
+    for batch in batches:
+        files, ids = batch.column("file").to_pylist(), batch.column("entry_id").to_pylist()
+        for file, entry_id in zip(files, ids, strict=True):
+            wanted.setdefault(file, []).append(entry_id)
+    name = _task_name(batch_id)
+    sinks = [
+        ParquetSink(staging.table("images"), name, IMAGES_SCHEMA, settings.parquet_row_group_rows),
+        TFRecordSink(
+            staging.table("tfrecord"),
+            name,
+            labels,
+            settings.image_size,
+            settings.tfrecord_shard_rows,
+        ),
+    ]
+    tables = (_new_rows(Path(file), ids, ingested_at) for file, ids in sorted(wanted.items()))
+    return write_through((batch for table in tables for batch in table.to_batches()), sinks)
+
+
+def _new_rows(file: Path, entry_ids: list[int], ingested_at: datetime) -> pa.Table:
+    """The images-table rows of ``entry_ids`` from one processed file."""
+    processed = pq.read_table(file)
+    rows = processed.filter(pc.is_in(processed["entry_id"], pa.array(entry_ids, pa.int64())))
+    count = rows.num_rows
+    seed = pc.if_else(pc.is_valid(rows["label"]), "seed", pa.scalar(None, pa.string()))
+    timestamp = IMAGES_SCHEMA.field("ingested_at").type
+    return pa.table(
+        {
+            "image_id": rows["image_id"],
+            "image": rows["image"],
+            "image_format": rows["image_format"],
+            "label": rows["label"],
+            "label_source": seed,
+            "annotator": pa.nulls(count, pa.string()),
+            "labelled_at": pa.nulls(count, timestamp),
+            "split": rows["split"],
+            "width": rows["width"],
+            "height": rows["height"],
+            "mode": rows["mode"],
+            "source_format": rows["source_format"],
+            "source_uri": rows["uri"],
+            "ingested_at": pa.array([ingested_at] * count, timestamp),
+        },
+        schema=IMAGES_SCHEMA,
+    )
 
 
 def _task_name(batch_id: str) -> str:
@@ -117,24 +199,6 @@ def write_table_partition(batches, directory: Path, schema: pa.Schema, batch_id:
     return write_through(batches, [sink])
 
 
-def write_images_partition(
-    batches, staging: lake.BatchStaging, batch_id: str, settings: Settings, labels: dict[str, int]
-):
-    """mapInArrow body: this task's new images into Parquet and TFRecord in one pass."""
-    name = _task_name(batch_id)
-    sinks = [
-        ParquetSink(staging.table("images"), name, IMAGES_SCHEMA, settings.parquet_row_group_rows),
-        TFRecordSink(
-            staging.table("tfrecord"),
-            name,
-            labels,
-            settings.image_size,
-            settings.tfrecord_shard_rows,
-        ),
-    ]
-    return write_through(batches, sinks)
-
-
 # ---------------------------------------------------------------- driver-side stages
 
 
@@ -146,7 +210,7 @@ def list_batch(sources: list[LandingSource], listing: Path) -> int:
 
 
 def preprocess(spark: SparkSession, settings: Settings, staging: lake.BatchStaging) -> DataFrame:
-    """Process every listed file in the workers; the result is staged as Parquet."""
+    """Process every listed file in the workers; returns the narrow per-file results."""
     listing = spark.read.parquet(str(staging.listing))
     partitions = settings.spark_partitions or 4 * spark.sparkContext.defaultParallelism
     options = ImageOptions(
@@ -155,16 +219,15 @@ def preprocess(spark: SparkSession, settings: Settings, staging: lake.BatchStagi
         jpeg_quality=settings.jpeg_quality,
         max_pixels=settings.max_image_pixels,
     )
-    body = functools.partial(process_partition, options=options, fractions=settings.split)
-    processed = listing.repartition(partitions).mapInArrow(body, _spark_schema(spark))
-    processed.write.mode("overwrite").parquet(str(staging.processed))
-    return spark.read.parquet(str(staging.processed))
-
-
-def _spark_schema(spark: SparkSession):
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    return from_arrow_schema(PROCESSED_SCHEMA)
+    body = functools.partial(
+        process_partition,
+        options=options,
+        fractions=settings.split,
+        directory=staging.processed,
+        batch_id=staging.root.name,
+    )
+    listing.repartition(partitions).mapInArrow(body, NARROW_DDL).write.parquet(str(staging.narrow))
+    return spark.read.parquet(str(staging.narrow))
 
 
 def decide(processed: DataFrame, lake_labels: DataFrame | None) -> DataFrame:
@@ -191,7 +254,7 @@ def decide(processed: DataFrame, lake_labels: DataFrame | None) -> DataFrame:
     )
     outcome, reason, detail, duplicate_of = _outcome_columns()
     decided = decided.select(
-        "entry_id", "uri", "label", "image_id", outcome, reason, detail, duplicate_of
+        "entry_id", "uri", "label", "image_id", outcome, reason, detail, duplicate_of, "file"
     )
     rejected = processed.filter(F.col("reason").isNotNull()).select(
         "entry_id",
@@ -202,6 +265,7 @@ def decide(processed: DataFrame, lake_labels: DataFrame | None) -> DataFrame:
         "reason",
         "detail",
         F.lit(None).cast("string").alias("duplicate_of"),
+        "file",
     )
     return decided.unionByName(rejected)
 
@@ -246,23 +310,23 @@ def write_outputs(
     spark: SparkSession,
     settings: Settings,
     staging: lake.BatchStaging,
-    processed: DataFrame,
     decisions: DataFrame,
     batch_id: str,
     ingested_at: datetime,
 ) -> None:
     """Write new images (Parquet + TFRecord), quarantine and duplicate rows into staging."""
     labels = label_index(spark, settings, decisions)
-    new_ids = decisions.filter(F.col("outcome") == NEW).select("entry_id")
-    new_rows = processed.join(F.broadcast(new_ids), "entry_id", "left_semi")
+    new_rows = decisions.filter(F.col("outcome") == NEW).select("file", "entry_id")
+    files = max(1, len(list(staging.processed.glob("*.parquet"))))
     body = functools.partial(
-        write_images_partition,
+        finalise_partition,
         staging=staging,
         batch_id=batch_id,
         settings=settings,
         labels=labels,
+        ingested_at=ingested_at,
     )
-    new_rows.select(*_image_columns(ingested_at)).mapInArrow(body, WRITTEN_DDL).count()
+    new_rows.repartition(files, "file").mapInArrow(body, WRITTEN_DDL).count()
     if staging.table("tfrecord").exists():
         (staging.table("tfrecord") / "label_map.json").write_text(json.dumps(labels, indent=2))
     quarantined = decisions.filter(F.col("outcome") == QUARANTINED).select(
@@ -278,25 +342,6 @@ def write_outputs(
         "uri", "image_id", "duplicate_of"
     )
     _write_table(duplicates, staging.table("duplicates"), DUPLICATES_SCHEMA, settings, batch_id)
-
-
-def _image_columns(ingested_at: datetime) -> list[Column]:
-    return [
-        "image_id",
-        "image",
-        "image_format",
-        "label",
-        F.when(F.col("label").isNotNull(), F.lit("seed")).alias("label_source"),
-        F.lit(None).cast("string").alias("annotator"),
-        F.lit(None).cast("timestamp").alias("labelled_at"),
-        "split",
-        "width",
-        "height",
-        "mode",
-        "source_format",
-        F.col("uri").alias("source_uri"),
-        F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
-    ]
 
 
 def _write_table(
@@ -358,10 +403,10 @@ def stage_batch(
     ingested_at = datetime.now(UTC)
     staging = lake.stage(settings, batch_id)
     files_in = list_batch(sources, staging.listing)
-    processed = preprocess(spark, settings, staging)
-    decide(processed, read_lake_labels(spark, settings)).write.parquet(str(staging.decisions))
+    narrow = preprocess(spark, settings, staging)
+    decide(narrow, read_lake_labels(spark, settings)).write.parquet(str(staging.decisions))
     decisions = spark.read.parquet(str(staging.decisions))
-    write_outputs(spark, settings, staging, processed, decisions, batch_id, ingested_at)
+    write_outputs(spark, settings, staging, decisions, batch_id, ingested_at)
     report = summarise(decisions, files_in, batch_id)
     accounted = report["written"] + report["duplicates"] + report["quarantined"]
     if accounted != files_in:

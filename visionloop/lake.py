@@ -39,6 +39,10 @@ class BatchStaging:
         return self.root / "processed"
 
     @property
+    def narrow(self) -> Path:
+        return self.root / "narrow"
+
+    @property
     def decisions(self) -> Path:
         return self.root / "decisions"
 
