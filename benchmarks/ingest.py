@@ -28,15 +28,13 @@ from pathlib import Path
 import psutil
 from PIL import Image, ImageOps
 
+from spark_jobs.preprocess_images import run_batch
+from visionloop.landing import LandingSource
+from visionloop.samples import materialise
+from visionloop.settings import load_settings
+from visionloop.spark import spark_session
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from spark_jobs.preprocess_images import run_batch  # noqa: E402
-from visionloop.landing import LandingSource  # noqa: E402
-from visionloop.samples import materialise  # noqa: E402
-from visionloop.settings import load_settings  # noqa: E402
-from visionloop.spark import spark_session  # noqa: E402
-
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "ingest.json"
 
 

@@ -7,13 +7,20 @@ from typing import Any
 from prefect import flow
 
 from flows.ingest import ingest_batch
-from visionloop.parameters import NightlyParameters
+from flows.train import train_and_promote
+from visionloop.parameters import NightlyParameters, TrainParameters
 from visionloop.settings import load_settings
 
 
 @flow(name="nightly", log_prints=True)
 def nightly(params: NightlyParameters | None = None) -> dict[str, Any]:
-    """Ingest → validate (the gate stops the run on critical failures)."""
+    """Ingest → validate (a critical failure stops here) → train → promote."""
     params = params or NightlyParameters()
     settings = load_settings(params.config)
-    return {"ingest": ingest_batch(settings, params)}
+    result: dict[str, Any] = {"ingest": ingest_batch(settings, params)}
+    if params.train:
+        gate = result["ingest"]["gate"]
+        expectations = {key: gate[key] for key in ("passed", "overridden", "batch_id")}
+        training = TrainParameters(force=params.force_training, config=params.config)
+        result["train"] = train_and_promote(settings, training, expectations)
+    return result

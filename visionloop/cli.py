@@ -43,9 +43,21 @@ def _fail(message: str) -> None:
 def _known_errors() -> tuple[type[Exception], ...]:
     from visionloop.landing import LandingError
     from visionloop.spark import SparkUnavailableError
+    from visionloop.training.launch import TrainingError
+    from visionloop.training.promotion import PromotionError
+    from visionloop.training.registry import RegistrationError, TrackingUnavailableError
     from visionloop.validation import QualityGateError
 
-    return (SettingsError, LandingError, QualityGateError, SparkUnavailableError)
+    return (
+        SettingsError,
+        LandingError,
+        QualityGateError,
+        SparkUnavailableError,
+        TrainingError,
+        TrackingUnavailableError,
+        RegistrationError,
+        PromotionError,
+    )
 
 
 @app.command()
@@ -135,7 +147,60 @@ def deploy(
         deploy_all(_settings(config), pool)
     except DeployError as error:
         _fail(str(error))
-    typer.echo("deployed: nightly/nightly, ingest/ingest")
+    typer.echo("deployed: nightly/nightly, ingest/ingest, train/train, promote/promote")
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    force: Annotated[
+        bool, typer.Option(help="train even if the training split is unchanged")
+    ] = False,
+) -> None:
+    """Train a challenger on the lake and put it through the promotion gate."""
+    _settings(config)
+    from flows.train import train as train_flow
+    from visionloop.parameters import TrainParameters
+
+    params = TrainParameters(force=force, config=str(config) if config else None)
+    try:
+        typer.echo(json.dumps(train_flow(params), indent=2, default=str))
+    except _known_errors() as error:
+        _fail(str(error))
+
+
+@app.command()
+def promote(
+    version: Annotated[
+        str | None, typer.Argument(help="model version (default: challenger)")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Evaluate a version against the champion on the frozen test split and decide."""
+    _settings(config)
+    from flows.promote import promote as promote_flow
+    from visionloop.parameters import PromoteParameters
+
+    params = PromoteParameters(version=version, config=str(config) if config else None)
+    try:
+        typer.echo(json.dumps(promote_flow(params), indent=2, default=str))
+    except _known_errors() as error:
+        _fail(str(error))
+
+
+@app.command()
+def rollback(config: ConfigOption = None) -> None:
+    """Restore the previous champion (undoes the last promotion)."""
+    from visionloop.training.promotion import rollback as rollback_model
+
+    try:
+        result = rollback_model(_settings(config))
+    except _known_errors() as error:
+        _fail(str(error))
+    typer.echo(
+        f"{result.name}: champion is v{result.champion_version} again "
+        f"(v{result.demoted_version} rolled back)"
+    )
 
 
 def print_summary(settings: Settings, result: dict) -> None:
@@ -154,7 +219,36 @@ def print_summary(settings: Settings, result: dict) -> None:
         f"Data Docs:          {gate['data_docs']}",
         f"run settings:       {settings.runs_dir / batch['batch_id'] / 'settings.yaml'}",
     ]
+    lines += _training_lines(settings, result.get("train"))
     typer.echo("\n".join(lines))
+
+
+def _training_lines(settings: Settings, train_result: dict | None) -> list[str]:
+    if train_result is None:
+        return []
+    from visionloop.training.pipeline import champion_tags
+
+    lines = [f"MLflow:             {settings.resolved_mlflow_uri}"]
+    if not train_result["trained"]:
+        lines.append(f"training skipped:   {train_result['skip_reason']}")
+    else:
+        challenger = train_result["challenger"]
+        promotion = train_result.get("promotion", {})
+        lines.append(
+            f"challenger:         v{challenger['version']} test accuracy "
+            f"{challenger['test_accuracy']:.3f}, macro-F1 {challenger['test_macro_f1']:.3f}"
+            + (f" — {promotion['reason']}" if promotion else "")
+        )
+    version, tags = champion_tags(settings)
+    if version is None:
+        lines.append("champion:           none yet")
+    else:
+        accuracy = float(tags.get("test.accuracy", "nan"))
+        lines.append(
+            f"champion:           {settings.registered_model_name} v{version}, "
+            f"test accuracy {accuracy:.3f} (models:/{settings.registered_model_name}@champion)"
+        )
+    return lines
 
 
 if __name__ == "__main__":

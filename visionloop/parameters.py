@@ -31,5 +31,23 @@ class IngestParameters(BaseModel):
     config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
 
 
+class TrainParameters(BaseModel):
+    """Training switches an operator may flip from the UI."""
+
+    force: bool = Field(False, description="train even if the training split is unchanged")
+    promote: bool = Field(True, description="put the new challenger through the promotion gate")
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
+
+
+class PromoteParameters(BaseModel):
+    """Which registered version to consider for promotion."""
+
+    version: str | None = Field(None, description="model version; default: alias challenger")
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
+
+
 class NightlyParameters(IngestParameters):
-    """The nightly retraining run; later stages add their switches here."""
+    """The nightly retraining run: ingest, then train and promote."""
+
+    train: bool = Field(True, description="train and promote after ingest")
+    force_training: bool = Field(False, description="train even if the training split is unchanged")

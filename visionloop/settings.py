@@ -74,6 +74,9 @@ class TrainingSettings(BaseModel):
     cutmix: float = Field(0.0, ge=0)
     seed: int = 42
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    shuffle_window_row_groups: int = Field(
+        8, ge=1, description="row groups whose rows are shuffled together (reader memory)"
+    )
 
 
 class PromotionSettings(BaseModel):

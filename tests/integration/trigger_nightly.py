@@ -15,7 +15,8 @@ from prefect.deployments import run_deployment
 
 
 async def main(landing: str) -> None:
-    parameters = {"params": {"sources": [{"path": landing, "layout": "imagefolder"}]}}
+    source = {"path": landing, "layout": "imagefolder"}
+    parameters = {"params": {"sources": [source], "train": False}}
     run = await run_deployment("nightly/nightly", parameters=parameters, timeout=540)
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("nightly/nightly")

@@ -1,0 +1,64 @@
+"""Accuracy run: train on a lake with the configured settings, then score the test split.
+
+Runs the same torchrun training the nightly flow runs (no MLflow), fits the temperature on
+val and evaluates on the frozen test split. Results: ``benchmarks/results/accuracy-<tag>.json``.
+
+    python benchmarks/accuracy.py --data-home /tmp/fmnist-home --tag gpu-full-fmnist
+    (settings from VISIONLOOP_* / VISIONLOOP_CONFIG, e.g. VISIONLOOP_TRAINING__EPOCHS=12)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from visionloop.settings import load_settings
+from visionloop.training.calibration import calibrate
+from visionloop.training.evaluate import collect_logits, evaluate_split
+from visionloop.training.launch import run_training
+from visionloop.training.predict import ImageClassifier
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-home", type=Path, required=True)
+    parser.add_argument("--output", type=Path, default=Path("/tmp/vl-accuracy"))
+    parser.add_argument("--tag", required=True)
+    args = parser.parse_args()
+    settings = load_settings(data_home=args.data_home)
+    started = time.perf_counter()
+    outcome = run_training(settings, args.output)
+    train_seconds = time.perf_counter() - started
+    classifier = ImageClassifier.load(outcome.model_path)
+    logits, targets, _ = collect_logits(
+        classifier.logits, settings.images_dir, classifier.labels, "val"
+    )
+    calibration = calibrate(logits, targets)
+    classifier.temperature = calibration.temperature
+    test = evaluate_split(classifier.predict_proba, settings.images_dir, classifier.labels)
+    result = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "training": settings.training.model_dump(mode="json"),
+        "image_size": settings.image_size,
+        "test_images": test.n,
+        "test_accuracy": round(test.accuracy, 4),
+        "test_macro_f1": round(test.macro_f1, 4),
+        "ece_before": round(calibration.ece_before, 4),
+        "ece_after": round(calibration.ece_after, 4),
+        "epochs_run": len(outcome.history),
+        "train_seconds": round(train_seconds, 1),
+        "epoch_img_s": [round(row["img_per_s"], 1) for row in outcome.history],
+    }
+    print(json.dumps(result, indent=2))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"accuracy-{args.tag}.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

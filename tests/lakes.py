@@ -1,0 +1,167 @@
+"""Tiny, real lake tables for tests, made from the Debian Fashion-MNIST files.
+
+``/usr/share/datasets/fashion-mnist/*.gz`` are the original idx files; only the first
+``count`` images are decompressed. Images are stored like the ingest job stores them: RGB
+PNG (grey replicated to three channels) at ``size`` x ``size``, in a hive-partitioned
+Parquet images table (``images/batch_id=<id>/part-*.parquet``) with ``IMAGES_SCHEMA`` and
+bounded row groups; splits come from :func:`visionloop.contract.split_for`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from visionloop.contract import IMAGES_SCHEMA, split_for
+from visionloop.settings import Settings, SplitFractions, load_settings
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = (
+    "tshirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
+_SIDE = 28
+
+
+def fashion_mnist(
+    count: int, *, train: bool = True, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 28, 28) uint8, labels (N,) int64)``: images ``offset .. offset+count``."""
+    prefix = "train" if train else "t10k"
+    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz") as stream:
+        stream.read(16 + offset * _SIDE * _SIDE)
+        pixels = np.frombuffer(stream.read(count * _SIDE * _SIDE), dtype=np.uint8)
+    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz") as stream:
+        stream.read(8 + offset)
+        labels = np.frombuffer(stream.read(count), dtype=np.uint8)
+    if len(labels) != count:
+        raise ValueError(f"Fashion-MNIST {prefix} has fewer than {offset + count} images")
+    return pixels.reshape(count, _SIDE, _SIDE), labels.astype(np.int64)
+
+
+def to_rgb_image(pixels: np.ndarray, size: int) -> Image.Image:
+    image = Image.fromarray(pixels)
+    if size != _SIDE:
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return image.convert("RGB")
+
+
+def encode_png(pixels: np.ndarray, size: int) -> bytes:
+    buffer = io.BytesIO()
+    to_rgb_image(pixels, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_rows(
+    count: int,
+    *,
+    size: int = 32,
+    unlabelled: int = 0,
+    classes: tuple[int, ...] | None = None,
+    fractions: SplitFractions | None = None,
+    offset: int = 0,
+) -> list[dict]:
+    """Rows of the images table: ``count`` labelled ones, then ``unlabelled`` ones.
+
+    ``classes`` keeps only those Fashion-MNIST class numbers (more images are read to get
+    ``count``). Duplicate images are dropped, so ids are unique.
+    """
+    fractions = fractions or SplitFractions(train=0.6, val=0.2, test=0.2)
+    wanted = count + unlabelled
+    pixels, labels = fashion_mnist(
+        min(60_000 - offset, wanted * (10 if classes else 1) + 200), offset=offset
+    )
+    now = datetime.now(UTC)
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for image, label in zip(pixels, labels, strict=True):
+        if classes is not None and int(label) not in classes:
+            continue
+        image_id = hashlib.sha256(image.tobytes()).hexdigest()
+        if image_id in seen:
+            continue
+        seen.add(image_id)
+        labelled = len(rows) < count
+        rows.append(
+            {
+                "image_id": image_id,
+                "image": encode_png(image, size),
+                "image_format": "PNG",
+                "label": FASHION_CLASSES[int(label)] if labelled else None,
+                "label_source": "seed" if labelled else None,
+                "annotator": None,
+                "labelled_at": now if labelled else None,
+                "split": split_for(image_id, fractions),
+                "width": _SIDE,
+                "height": _SIDE,
+                "mode": "L",
+                "source_format": "PNG",
+                "source_uri": f"file:///fashion-mnist/{offset + len(rows)}.png",
+                "ingested_at": now,
+            }
+        )
+        if len(rows) == wanted:
+            return rows
+    raise ValueError(f"could not find {wanted} distinct images of classes {classes}")
+
+
+def write_images_table(
+    images_dir: Path,
+    rows: list[dict],
+    *,
+    batch_id: str = "b0",
+    row_group_rows: int = 1024,
+    parts: int = 1,
+) -> list[Path]:
+    """Write ``rows`` as ``parts`` Parquet files of one committed batch; returns the files."""
+    directory = images_dir / f"batch_id={batch_id}"
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for part, chunk in enumerate(np.array_split(np.arange(len(rows)), parts)):
+        table = pa.Table.from_pylist([rows[i] for i in chunk], schema=IMAGES_SCHEMA)
+        path = directory / f"part-{part:05d}.parquet"
+        pq.write_table(table, path, row_group_size=row_group_rows, compression="zstd")
+        written.append(path)
+    return written
+
+
+def tiny_lake(
+    data_home: Path,
+    *,
+    labelled: int = 240,
+    unlabelled: int = 40,
+    size: int = 32,
+    row_group_rows: int = 32,
+    batches: int = 2,
+    classes: tuple[int, ...] | None = None,
+    **overrides: object,
+) -> Settings:
+    """Settings whose lake holds a small images table split over ``batches`` batches."""
+    settings = load_settings(data_home=data_home, image_size=size, **overrides)
+    rows = image_rows(labelled, size=size, unlabelled=unlabelled, classes=classes)
+    order = np.random.default_rng(0).permutation(len(rows))  # mix labelled and unlabelled
+    for number, chunk in enumerate(np.array_split(order, batches)):
+        write_images_table(
+            settings.images_dir,
+            [rows[i] for i in chunk],
+            batch_id=f"b{number}",
+            row_group_rows=row_group_rows,
+            parts=2,
+        )
+    return settings

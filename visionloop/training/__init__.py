@@ -1,0 +1,1 @@
+"""Model training, evaluation, tracking and promotion."""
