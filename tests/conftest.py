@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,12 +11,16 @@ import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_prefect(tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolated_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Prefect state per test run, and a patient ephemeral API start (18-32 s here)."""
     home: Path = tmp_path_factory.mktemp("prefect-home")
     os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    yield
+    # Prefect stops its ephemeral API at interpreter exit, after pytest closed the streams
+    # its log handler writes to; keep that last INFO line from ending in a logging error.
+    logging.getLogger("prefect").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")
