@@ -130,6 +130,32 @@ def test_order_is_a_function_of_seed_and_epoch(lake) -> None:
     assert order(seed=2, epoch=0) != first
 
 
+def test_persistent_workers_follow_set_epoch_and_repeat_augmentations(lake) -> None:
+    """One loader for the whole run: its workers see each epoch and reseed per epoch."""
+    index, _ = lake
+    transform = train_transform(_spec(index), "rand-m9-n2-mstd0.5")
+
+    def dataset() -> LakeDataset:
+        return LakeDataset(index, "train", transform, batch_size=8, shuffle=True, seed=5)
+
+    def epoch(loader, data: LakeDataset, number: int) -> tuple[list[int], torch.Tensor]:
+        data.set_epoch(number)
+        batches = list(loader)
+        rows = torch.cat([b.row for b in batches]).tolist()
+        return rows, torch.cat([b.image for b in batches])
+
+    data = dataset()
+    loader = make_loader(data, num_workers=2)
+    rows0, images0 = epoch(loader, data, 0)
+    rows1, images1 = epoch(loader, data, 1)
+    again_rows0, again_images0 = epoch(loader, data, 0)
+    assert rows1 != rows0 and again_rows0 == rows0
+    assert torch.equal(again_images0, images0)  # same augmentations for the same epoch
+    fresh = dataset()
+    fresh_rows1, fresh_images1 = epoch(make_loader(fresh, num_workers=2), fresh, 1)
+    assert fresh_rows1 == rows1 and torch.equal(fresh_images1, images1)  # as after a resume
+
+
 def test_worker_count_does_not_change_the_batches(lake) -> None:
     index, _ = lake
     dataset = _dataset(index, shuffle=True, seed=3)

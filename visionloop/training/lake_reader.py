@@ -15,10 +15,14 @@ rank's batches are dealt to its workers in contiguous blocks of whole batches.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import multiprocessing
 import multiprocessing.context
+import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from visionloop.contract import SPLITS
+from visionloop.training.distributed import seed_everything
 from visionloop.training.transforms import Transform
 
 
@@ -188,15 +193,21 @@ class LakeDataset(IterableDataset):
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.window, self.max_batches = window, max_batches
-        self.epoch = 0
+        # Shared with the (persistent) workers, so set_epoch reaches their copies too.
+        self._epoch = worker_context().RawValue("q", 0)
         self.samples, self.batches = rank_counts(
             index.count(split), world_size, batch_size, drop_last, max_batches
         )
         self.groups_read = 0
         self.max_groups_held = 0
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Call before each ``iter(loader)``; workers read it when their epoch starts."""
+        self._epoch.value = epoch
 
     def __len__(self) -> int:
         return self.samples
@@ -224,6 +235,8 @@ class LakeDataset(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if info is not None:  # augmentations repeat exactly for a given (seed, epoch)
+            seed_everything(self.seed, self.epoch, self.rank, worker)
         positions, windows, pad = self.plan(worker, workers)
         rows = self.index.split_rows[self.split][positions]
         targets = self.index.split_targets[self.split][positions]
@@ -278,21 +291,54 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+def _owner_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no procfs: fall back to a signal-0 probe
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _watch_owner(owner: int, _worker_id: int) -> None:
+    """Exit this worker once the process that made the loader is gone.
+
+    Workers are children of the fork server, so torch's own check (is my parent alive?)
+    does not notice a SIGKILLed rank, and the fork server lives on while its children do.
+    """
+
+    def watch() -> None:
+        while _owner_alive(owner):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="owner-watchdog", daemon=True).start()
+
+
 def make_loader(
     dataset: LakeDataset,
     num_workers: int,
     *,
-    generator: torch.Generator | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose batches are exactly the dataset's planned batches."""
+    """A DataLoader whose batches are exactly the dataset's planned batches.
+
+    Make it once and iterate it once per epoch after ``dataset.set_epoch``: its workers
+    persist across epochs (starting a dozen workers costs ~1.5 s per epoch on the GPU box).
+    """
     return DataLoader(
         dataset,
         batch_size=dataset.batch_size,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        generator=generator,
         prefetch_factor=2 if num_workers else None,
+        persistent_workers=num_workers > 0,
         multiprocessing_context=worker_context() if num_workers else None,
+        worker_init_fn=functools.partial(_watch_owner, os.getpid()) if num_workers else None,
         timeout=WORKER_TIMEOUT_S if num_workers else 0,
     )

@@ -25,6 +25,7 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from visionloop.settings import Settings, TrainingSettings, load_settings
 from visionloop.training import checkpoint as ckpt
@@ -34,7 +35,6 @@ from visionloop.training.distributed import (
     average_buffers,
     barrier,
     broadcast_object,
-    derive_seed,
     die_with_parent,
     gather_objects,
     seed_everything,
@@ -67,6 +67,8 @@ class Components:
     scaler: torch.amp.GradScaler
     train_data: LakeDataset
     val_data: LakeDataset
+    train_loader: DataLoader  # made once: their workers persist across epochs
+    val_loader: DataLoader
     spec: ModelSpec
     best_weights: dict[str, torch.Tensor] | None = None  # CPU copy of the best epoch's
 
@@ -133,7 +135,13 @@ def build(settings: Settings, paths: RunPaths, ctx: DistContext, resuming: bool)
         optimizer, config.epochs * updates, round(config.warmup_epochs * updates)
     )
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=False)  # bf16 needs no loss scaling
-    return Components(model, wrapped, optimizer, scheduler, scaler, train_data, val_data, spec)
+    loaders = [
+        make_loader(data, config.num_workers, pin_memory=ctx.cuda)
+        for data in (train_data, val_data)
+    ]
+    return Components(
+        model, wrapped, optimizer, scheduler, scaler, train_data, val_data, *loaders, spec
+    )
 
 
 def restore(parts: Components, paths: RunPaths, ctx: DistContext) -> ckpt.TrainState:
@@ -210,14 +218,12 @@ def run_epoch(
 ) -> dict[str, float]:
     config = settings.training
     started = time.perf_counter()
-    seed_everything(config.seed, epoch, ctx.rank)
-    # DataLoader workers draw their seeds from this: augmentations repeat on resume.
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, epoch, ctx.rank, 1))
+    seed_everything(config.seed, epoch, ctx.rank)  # workers seed themselves likewise
     parts.train_data.set_epoch(epoch)
     mix = mixup(config.mixup, config.cutmix, parts.spec.num_classes, config.batch_size)
     trained = train_one_epoch(
         parts.wrapped,
-        make_loader(parts.train_data, config.num_workers, generator=generator, pin_memory=ctx.cuda),
+        parts.train_loader,
         parts.train_data.batches,
         parts.optimizer,
         parts.scheduler,
@@ -231,7 +237,7 @@ def run_epoch(
     average_buffers(ctx, parts.model)
     val = evaluate(
         parts.model,
-        make_loader(parts.val_data, config.num_workers, pin_memory=ctx.cuda),
+        parts.val_loader,
         ctx=ctx,
         precision=Precision(ctx.device),
     )
