@@ -17,10 +17,8 @@ from pathlib import Path
 import torch
 
 from visionloop.settings import load_settings
-from visionloop.training.calibration import calibrate
-from visionloop.training.evaluate import collect_logits, evaluate_split
 from visionloop.training.launch import run_training
-from visionloop.training.predict import ImageClassifier
+from visionloop.training.pipeline import calibrate_and_test
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -35,13 +33,7 @@ def main() -> None:
     started = time.perf_counter()
     outcome = run_training(settings, args.output)
     train_seconds = time.perf_counter() - started
-    classifier = ImageClassifier.load(outcome.model_path)
-    logits, targets, _ = collect_logits(
-        classifier.logits, settings.images_dir, classifier.labels, "val"
-    )
-    calibration = calibrate(logits, targets)
-    classifier.temperature = calibration.temperature
-    test = evaluate_split(classifier.predict_proba, settings.images_dir, classifier.labels)
+    calibration, test = calibrate_and_test(settings.images_dir, outcome.model_path)
     result = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "training": settings.training.model_dump(mode="json"),

@@ -1,7 +1,7 @@
 """Tiny, real lake tables for tests, made from the Debian Fashion-MNIST files.
 
-``/usr/share/datasets/fashion-mnist/*.gz`` are the original idx files; only the first
-``count`` images are decompressed. Images are stored like the ingest job stores them: RGB
+``/usr/share/datasets/fashion-mnist/*.gz`` are the original idx files (read by
+:mod:`visionloop.samples`). Images are stored like the ingest job stores them: RGB
 PNG (grey replicated to three channels) at ``size`` x ``size``, in a hive-partitioned
 Parquet images table (``images/batch_id=<id>/part-*.parquet``) with ``IMAGES_SCHEMA`` and
 bounded row groups; splits come from :func:`visionloop.contract.split_for`.
@@ -9,7 +9,7 @@ bounded row groups; splits come from :func:`visionloop.contract.split_for`.
 
 from __future__ import annotations
 
-import gzip
+import functools
 import hashlib
 import io
 from datetime import UTC, datetime
@@ -21,38 +21,23 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from visionloop.contract import IMAGES_SCHEMA, split_for
+from visionloop.samples import CLASS_NAMES, load_part
 from visionloop.settings import Settings, SplitFractions, load_settings
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = (
-    "tshirt_top",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle_boot",
-)
+FASHION_CLASSES = CLASS_NAMES
 _SIDE = 28
+_cached_part = functools.cache(load_part)
 
 
 def fashion_mnist(
     count: int, *, train: bool = True, offset: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(images (N, 28, 28) uint8, labels (N,) int64)``: images ``offset .. offset+count``."""
-    prefix = "train" if train else "t10k"
-    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz") as stream:
-        stream.read(16 + offset * _SIDE * _SIDE)
-        pixels = np.frombuffer(stream.read(count * _SIDE * _SIDE), dtype=np.uint8)
-    with gzip.open(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz") as stream:
-        stream.read(8 + offset)
-        labels = np.frombuffer(stream.read(count), dtype=np.uint8)
-    if len(labels) != count:
-        raise ValueError(f"Fashion-MNIST {prefix} has fewer than {offset + count} images")
-    return pixels.reshape(count, _SIDE, _SIDE), labels.astype(np.int64)
+    images, labels = _cached_part("train" if train else "test")
+    if offset + count > len(labels):
+        raise ValueError(f"Fashion-MNIST has fewer than {offset + count} images in that part")
+    window = slice(offset, offset + count)
+    return images[window], labels[window].astype(np.int64)
 
 
 def to_rgb_image(pixels: np.ndarray, size: int) -> Image.Image:

@@ -98,13 +98,7 @@ def train_challenger(
     run_id = start_training_run(settings, snapshot, expectations)
     try:
         outcome = run_training(settings, output_dir, mlflow_run_id=run_id, log=log)
-        classifier = ImageClassifier.load(outcome.model_path)
-        logits, targets, _ = collect_logits(
-            classifier.logits, settings.images_dir, classifier.labels, "val"
-        )
-        calibration = calibrate(logits, targets)
-        classifier.temperature = calibration.temperature
-        test = evaluate_split(classifier.predict_proba, settings.images_dir, classifier.labels)
+        calibration, test = calibrate_and_test(settings.images_dir, outcome.model_path)
     except BaseException:
         with contextlib.suppress(Exception):
             end_run(settings, run_id, "FAILED")
@@ -113,6 +107,16 @@ def train_challenger(
         settings, run_id, outcome.model_path, calibration=calibration, test_report=test
     )
     return Challenger(version, outcome, calibration, test)
+
+
+def calibrate_and_test(images_dir: Path, model_path: Path) -> tuple[CalibrationReport, EvalReport]:
+    """Fit the temperature on the val split, then score the test split with it."""
+    classifier = ImageClassifier.load(model_path)
+    logits, targets, _ = collect_logits(classifier.logits, images_dir, classifier.labels, "val")
+    calibration = calibrate(logits, targets)
+    classifier.temperature = calibration.temperature
+    test = evaluate_split(classifier.predict_proba, images_dir, classifier.labels)
+    return calibration, test
 
 
 def snapshot_lake(settings: Settings) -> dict[str, Any]:
