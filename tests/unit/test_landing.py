@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -93,3 +94,15 @@ def test_listing_numbers_every_entry(tmp_path: Path) -> None:
     table = pq.read_table(tmp_path / "listing.parquet")
     assert count == 5
     assert table.column("entry_id").to_pylist() == [0, 1, 2, 3, 4]
+
+
+def test_parquet_manifest_with_optional_labels(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.png")
+    _touch(tmp_path / "b.png")
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(pa.table({"uri": ["a.png", "b.png"], "label": ["cat", None]}), manifest)
+    entries = list(enumerate_source(LandingSource(path=str(manifest))))
+    assert [(Path(e.uri).name, e.label, e.problem) for e in entries] == [
+        ("a.png", "cat", None),
+        ("b.png", None, None),
+    ]
