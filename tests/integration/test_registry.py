@@ -173,7 +173,7 @@ def _test_images(rows: list[dict]) -> tuple[list[bytes], list[str]]:
 
 
 def test_lake_snapshot_and_training_hash(home: Path, lake_rows) -> None:
-    from visionloop.training.registry import lake_snapshot, training_split_hash
+    from visionloop.training.lineage import lake_snapshot, training_split_hash
 
     images_dir = home / "lake" / "images"
     pairs = sorted(
@@ -233,8 +233,9 @@ def test_classifier_from_checkpoint_and_module(checkpoints, lake_rows) -> None:
 def _register(settings: Settings, model_pt: Path, rows: list[dict], note: str):
     from visionloop.training.calibration import calibrate
     from visionloop.training.evaluate import collect_logits, evaluate_split
+    from visionloop.training.lineage import lake_snapshot
     from visionloop.training.predict import ImageClassifier
-    from visionloop.training.registry import lake_snapshot, log_and_register, start_training_run
+    from visionloop.training.registry import log_and_register, start_training_run
 
     snapshot = lake_snapshot(settings.images_dir)
     run_id = start_training_run(

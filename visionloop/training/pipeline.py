@@ -17,6 +17,7 @@ from visionloop.settings import Settings
 from visionloop.training.calibration import CalibrationReport, calibrate
 from visionloop.training.evaluate import EvalReport, collect_logits, evaluate_split
 from visionloop.training.launch import TrainingOutcome, run_training
+from visionloop.training.lineage import lake_snapshot
 from visionloop.training.predict import ImageClassifier
 from visionloop.training.promotion import CHAMPION, alias_version
 from visionloop.training.registry import (
@@ -24,7 +25,6 @@ from visionloop.training.registry import (
     client_for,
     end_run,
     ensure_reachable,
-    lake_snapshot,
     log_and_register,
     start_training_run,
 )
