@@ -96,6 +96,36 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
+def _decide_first_model(metric: str, value: float, n: int, floor: float) -> Decision:
+    promoted = value + EPSILON >= floor
+    numbers = {
+        "metric": metric,
+        "challenger": _round(value),
+        "champion": None,
+        "first_model_floor": floor,
+        "n": n,
+    }
+    verdict = "clears" if promoted else "is below"
+    return Decision(
+        promoted, f"first model: {metric} {value:.4f} {verdict} the floor {floor:.4f}", numbers
+    )
+
+
+def _recall_drops(
+    challenger: EvalReport, champion: EvalReport
+) -> tuple[dict[str, tuple[float | None, float | None]], dict[str, float]]:
+    """Per class: (new, old) recall, and the drop where both are defined."""
+    recalls: dict[str, tuple[float | None, float | None]] = {}
+    drops: dict[str, float] = {}
+    for label in champion.labels:
+        old = champion.recall(label)
+        new = challenger.recall(label) if label in challenger.per_class else 0.0
+        recalls[label] = (_round(new), _round(old))
+        if old is not None and new is not None:
+            drops[label] = old - new
+    return recalls, drops
+
+
 def decide(
     challenger: EvalReport, champion: EvalReport | None, policy: PromotionSettings
 ) -> Decision:
@@ -113,33 +143,12 @@ def decide(
         )
     value = challenger.metric(metric)
     if champion is None:
-        floor = policy.first_model_floor
-        promoted = value + EPSILON >= floor
-        numbers = {
-            "metric": metric,
-            "challenger": _round(value),
-            "champion": None,
-            "first_model_floor": floor,
-            "n": challenger.n,
-        }
-        verdict = "clears" if promoted else "is below"
-        return Decision(
-            promoted,
-            f"first model: {metric} {value:.4f} {verdict} the floor {floor:.4f}",
-            numbers,
-        )
+        return _decide_first_model(metric, value, challenger.n, policy.first_model_floor)
 
     baseline = champion.metric(metric)
     delta = value - baseline
     metric_passed = delta > EPSILON and delta + EPSILON >= policy.min_improvement
-    recalls: dict[str, tuple[float | None, float | None]] = {}
-    drops: dict[str, float] = {}
-    for label in champion.labels:
-        old = champion.recall(label)
-        new = challenger.recall(label) if label in challenger.per_class else 0.0
-        recalls[label] = (_round(new), _round(old))
-        if old is not None and new is not None:
-            drops[label] = old - new
+    recalls, drops = _recall_drops(challenger, champion)
     too_large = {
         label: drop for label, drop in drops.items() if drop > policy.max_recall_drop + EPSILON
     }
