@@ -218,6 +218,7 @@ def preprocess(spark: SparkSession, settings: Settings, staging: lake.BatchStagi
         image_format=settings.image_format,
         jpeg_quality=settings.jpeg_quality,
         max_pixels=settings.max_image_pixels,
+        max_file_bytes=settings.max_image_file_bytes,
     )
     body = functools.partial(
         process_partition,

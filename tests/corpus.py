@@ -29,6 +29,9 @@ from PIL import Image
 from visionloop.contract import Reason
 
 OK, DUPLICATE = "ok", "duplicate"
+#: The file-size limit the corpus is built for (``max_image_file_bytes`` in its tests): every
+#: file is well under it except ``trouser/oversized.png``.
+MAX_FILE_BYTES = 32_000
 LABELS = ("shirt", "trouser")
 EXIF_ORIENTATION = 0x0112
 
@@ -242,6 +245,12 @@ def _write_bad_files(root: Path) -> list[CorpusEntry]:
                 "text file with an image extension",
             ),
             ("trouser/empty.png", b"", Reason.EMPTY_FILE.value, "zero bytes"),
+            (
+                "trouser/oversized.png",
+                png_bytes(13, 128, 128),
+                Reason.FILE_TOO_LARGE.value,
+                f"valid 38 kB PNG over MAX_FILE_BYTES={MAX_FILE_BYTES}: refused unread",
+            ),
             (
                 "shirt/bomb.png",
                 bilevel_png_bytes(8000, 8000),

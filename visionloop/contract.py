@@ -51,6 +51,7 @@ class Reason(StrEnum):
     """Why a file went to quarantine. Every value names a distinct, fixable problem."""
 
     EMPTY_FILE = "empty_file"
+    FILE_TOO_LARGE = "file_too_large"
     UNREADABLE = "unreadable"
     MISSING = "missing_file"
     NOT_A_FILE = "not_a_regular_file"

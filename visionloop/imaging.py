@@ -70,6 +70,7 @@ class ImageOptions:
     image_format: str  # "PNG" or "JPEG"
     jpeg_quality: int = 95
     max_pixels: int = 50_000_000
+    max_file_bytes: int = 100 * 2**20
 
     def __post_init__(self) -> None:
         if self.image_format not in OUTPUT_FORMATS:
@@ -82,6 +83,8 @@ class ImageOptions:
             raise ValueError(f"jpeg_quality must be within 1..100, not {self.jpeg_quality}")
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be at least 1, not {self.max_pixels}")
+        if self.max_file_bytes < 1:
+            raise ValueError(f"max_file_bytes must be at least 1, not {self.max_file_bytes}")
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,12 @@ class _Rejected(Exception):
 # ---------------------------------------------------------------- reading files
 
 
-def read_file_bytes(path: str) -> bytes | Rejection:
+def read_file_bytes(path: str, max_bytes: int | None = None) -> bytes | Rejection:
     """All bytes of the regular file at ``path`` (symlinks followed), or why not.
 
     Pipes, sockets, devices and directories are refused without being read, so a FIFO
-    never blocks the caller. Never raises for file problems.
+    never blocks the caller. A file over ``max_bytes`` is refused after reading at most
+    ``max_bytes + 1`` bytes, even if it grows while being read. Never raises for file problems.
     """
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
@@ -137,11 +141,26 @@ def read_file_bytes(path: str) -> bytes | Rejection:
         return _os_rejection(path, error)
     try:
         with open(fd, "rb") as handle:  # closes fd
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since stat()
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):  # swapped since stat()
                 return _not_a_file(path)
-            return handle.read()
+            if max_bytes is None:
+                return handle.read()
+            if info.st_size > max_bytes:
+                return _too_large(path, info.st_size, max_bytes)
+            data = handle.read(max_bytes + 1)
+            return _too_large(path, len(data), max_bytes) if len(data) > max_bytes else data
     except OSError as error:
         return _os_rejection(path, error)
+
+
+def _too_large(path: str, size: int, max_bytes: int) -> Rejection:
+    return Rejection(
+        Reason.FILE_TOO_LARGE,
+        f"{path} is over max_image_file_bytes={max_bytes} ({size} bytes or more); not decoded. "
+        "Downscale it, or raise VISIONLOOP_MAX_IMAGE_FILE_BYTES if it is a real image",
+        None,
+    )
 
 
 def _not_a_file(path: str) -> Rejection:
@@ -177,7 +196,7 @@ def _os_rejection(path: str, error: OSError) -> Rejection:
 
 def process_file(path: str, options: ImageOptions) -> ProcessedImage | Rejection:
     """Read the file at ``path`` and preprocess it."""
-    data = read_file_bytes(path)
+    data = read_file_bytes(path, options.max_file_bytes)
     if isinstance(data, Rejection):
         return data
     return process_image_bytes(data, options)

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     image_format: Literal["PNG", "JPEG"] = "PNG"
     jpeg_quality: int = Field(95, ge=1, le=100)
     max_image_pixels: int = Field(50_000_000, ge=1)
+    max_image_file_bytes: int = Field(
+        100 * 2**20, ge=1, description="larger files are quarantined without being read"
+    )
     parquet_row_group_rows: int = Field(1024, ge=1)
     tfrecord_shard_rows: int = Field(5000, ge=1)
     split: SplitFractions = SplitFractions()

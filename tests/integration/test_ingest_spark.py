@@ -21,7 +21,7 @@ from tfrecord.reader import tfrecord_loader
 from tfrecord.writer import TFRecordWriter
 
 from spark_jobs.preprocess_images import run_batch
-from tests.corpus import build_bad_corpus, write_escaping_manifest
+from tests.corpus import MAX_FILE_BYTES, build_bad_corpus, write_escaping_manifest
 from visionloop import lake
 from visionloop.contract import IMAGES_SCHEMA, QUARANTINE_SCHEMA
 from visionloop.landing import LandingSource
@@ -40,6 +40,7 @@ def settings(tmp_path: Path):
         parquet_row_group_rows=64,
         tfrecord_shard_rows=100,
         spark_partitions=4,
+        max_image_file_bytes=MAX_FILE_BYTES,
     )
 
 

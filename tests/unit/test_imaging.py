@@ -25,7 +25,7 @@ from visionloop.imaging import (
 )
 
 SIZE = 32
-OPTIONS = ImageOptions(size=SIZE, image_format="PNG")
+OPTIONS = ImageOptions(size=SIZE, image_format="PNG", max_file_bytes=corpus.MAX_FILE_BYTES)
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +243,16 @@ def test_invalid_options_raise() -> None:
 def test_read_file_bytes_refuses_directories(tmp_path: Path) -> None:
     rejection = read_file_bytes(str(tmp_path))
     assert isinstance(rejection, Rejection) and rejection.reason == Reason.NOT_A_FILE
+
+
+def test_read_file_bytes_refuses_files_over_the_size_limit(tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * 1000)
+    assert read_file_bytes(str(path), max_bytes=1000) == b"x" * 1000
+    rejection = read_file_bytes(str(path), max_bytes=999)
+    assert isinstance(rejection, Rejection) and rejection.reason == Reason.FILE_TOO_LARGE
+    assert "max_image_file_bytes=999" in rejection.detail
+    assert "VISIONLOOP_MAX_IMAGE_FILE_BYTES" in rejection.detail
 
 
 def test_missing_file(tmp_path: Path) -> None:
