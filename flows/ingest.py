@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from tasks.ingest import commit_batch, hold_batch, preprocess_batch, publish_ingest_report
 from tasks.validate import validate_batch
+from visionloop import lake
 from visionloop.parameters import IngestParameters
 from visionloop.settings import Settings, load_settings
 from visionloop.validation import QualityGateError
@@ -22,12 +24,13 @@ def ingest(params: IngestParameters | None = None) -> dict[str, Any]:
 
 def ingest_batch(settings: Settings, params: IngestParameters) -> dict[str, Any]:
     """The ingest steps, for flows that already hold resolved settings."""
-    report = preprocess_batch(settings, params.sources)
-    gate = validate_batch(settings, report, params.accept_failing_batch)
-    publish_ingest_report(report, gate)
-    if not gate["passed"]:
-        held = hold_batch(settings, report)
-        raise QualityGateError(f"{gate['message']}\nThe batch is held at {held}.")
-    commit_batch(settings, report)
+    with lake.writer(settings, f"flow run {flow_run.get_name()}"):
+        report = preprocess_batch(settings, params.sources)
+        gate = validate_batch(settings, report, params.accept_failing_batch)
+        publish_ingest_report(report, gate)
+        if not gate["passed"]:
+            held = hold_batch(settings, report)
+            raise QualityGateError(f"{gate['message']}\nThe batch is held at {held}.")
+        commit_batch(settings, report)
     get_run_logger().info("batch %s committed: %s", report["batch_id"], report)
     return {"batch": report, "gate": gate}

@@ -398,6 +398,7 @@ def stage_batch(
     """Preprocess one landing batch into its staging folder; returns the batch report.
 
     Raises if any file is unaccounted for: files in = new rows + duplicates + quarantined.
+    Call it inside :func:`visionloop.lake.writer`: it recovers interrupted batches first.
     """
     lake.recover(settings)
     batch_id = batch_id or new_batch_id()
@@ -426,8 +427,9 @@ def run_batch(
     spark: SparkSession, settings: Settings, sources: list[LandingSource]
 ) -> dict[str, Any]:
     """Stage and commit a batch without a quality gate (``spark-submit`` entry point)."""
-    report = stage_batch(spark, settings, sources)
-    lake.commit(settings, report["batch_id"], report)
+    with lake.writer(settings, "spark job preprocess_images"):
+        report = stage_batch(spark, settings, sources)
+        lake.commit(settings, report["batch_id"], report)
     return report
 
 

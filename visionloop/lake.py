@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visionloop import locks
 from visionloop.settings import Settings
 
 TABLES = ("images", "quarantine", "duplicates", "tfrecord")
@@ -45,6 +48,19 @@ class BatchStaging:
     @property
     def decisions(self) -> Path:
         return self.root / "decisions"
+
+
+@contextmanager
+def writer(settings: Settings, holder: str) -> Iterator[None]:
+    """Be the lake's only writer while staging, gating and committing a batch.
+
+    Batches written at the same time would each miss the other's rows when deduplicating,
+    and one's start-up recovery would discard the other's staging folder. A second writer
+    waits up to ``lake_lock_timeout_s``, then fails naming the holder.
+    """
+    path = settings.lake_dir / ".writer.lock"
+    with locks.exclusive(path, holder, timeout_s=settings.lake_lock_timeout_s):
+        yield
 
 
 def table_dir(settings: Settings, name: str) -> Path:

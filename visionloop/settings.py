@@ -112,6 +112,9 @@ class Settings(BaseSettings):
         100 * 2**20, ge=1, description="larger files are quarantined without being read"
     )
     parquet_row_group_rows: int = Field(1024, ge=1)
+    lake_lock_timeout_s: float = Field(
+        3600, ge=0, description="how long a batch waits while another batch writes the lake"
+    )
     tfrecord_shard_rows: int = Field(5000, ge=1)
     split: SplitFractions = SplitFractions()
     quality: QualityThresholds = QualityThresholds()

@@ -7,7 +7,6 @@ the new checkpoint, never a torn one.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from visionloop.locks import holder_of, try_lock
+
 
 class RunLockedError(RuntimeError):
     """Another live process is training into the same output directory."""
@@ -27,15 +28,12 @@ class RunLockedError(RuntimeError):
 
 def lock_run(directory: Path) -> int:
     """Hold an exclusive lock on ``directory`` until this process exits (even by SIGKILL)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(directory / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as error:
-        os.close(descriptor)
+    descriptor = try_lock(directory / ".lock", f"training into {directory}")
+    if descriptor is None:
         raise RunLockedError(
-            f"another process is training into {directory}; wait for it or stop it first"
-        ) from error
+            f"another process is training into {directory} ({holder_of(directory / '.lock')}); "
+            "wait for it or stop it first"
+        )
     return descriptor
 
 
