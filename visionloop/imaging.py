@@ -126,7 +126,7 @@ class _Rejected(Exception):
 # ---------------------------------------------------------------- reading files
 
 
-def read_file_bytes(path: str, max_bytes: int | None = None) -> bytes | Rejection:
+def read_file_bytes(path: str, max_bytes: int) -> bytes | Rejection:
     """All bytes of the regular file at ``path`` (symlinks followed), or why not.
 
     Pipes, sockets, devices and directories are refused without being read, so a FIFO
@@ -144,8 +144,6 @@ def read_file_bytes(path: str, max_bytes: int | None = None) -> bytes | Rejectio
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):  # swapped since stat()
                 return _not_a_file(path)
-            if max_bytes is None:
-                return handle.read()
             if info.st_size > max_bytes:
                 return _too_large(path, info.st_size, max_bytes)
             data = handle.read(max_bytes + 1)

@@ -241,7 +241,7 @@ def test_invalid_options_raise() -> None:
 
 
 def test_read_file_bytes_refuses_directories(tmp_path: Path) -> None:
-    rejection = read_file_bytes(str(tmp_path))
+    rejection = read_file_bytes(str(tmp_path), OPTIONS.max_file_bytes)
     assert isinstance(rejection, Rejection) and rejection.reason == Reason.NOT_A_FILE
 
 
