@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from visionloop.lake.snapshot import take
+from visionloop.registry.challenger import calibrate_and_test
 from visionloop.settings import load_settings
 from visionloop.training.launch import run_training
-from visionloop.training.pipeline import calibrate_and_test
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -26,14 +28,16 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-home", type=Path, required=True)
-    parser.add_argument("--output", type=Path, default=Path("/tmp/vl-accuracy"))
+    parser.add_argument("--output", type=Path, help="run folder (default: a new temporary one)")
     parser.add_argument("--tag", required=True)
     args = parser.parse_args()
     settings = load_settings(data_home=args.data_home)
+    snapshot = take(settings.lake_dir)
+    output = args.output or Path(tempfile.mkdtemp(prefix="vl-accuracy-"))
     started = time.perf_counter()
-    outcome = run_training(settings, args.output)
+    outcome = run_training(settings, output, snapshot)
     train_seconds = time.perf_counter() - started
-    calibration, test = calibrate_and_test(settings.images_dir, outcome.model_path)
+    calibration, test = calibrate_and_test(snapshot, outcome.model_path)
     result = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "training": settings.training.model_dump(mode="json"),

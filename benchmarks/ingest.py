@@ -28,11 +28,11 @@ from pathlib import Path
 import psutil
 from PIL import Image, ImageOps
 
-from spark_jobs.preprocess_images import run_batch
-from visionloop.landing import LandingSource
-from visionloop.samples import materialise
+from visionloop.ingest.landing import LandingSource
+from visionloop.ingest.samples import materialise
 from visionloop.settings import load_settings
 from visionloop.spark import spark_session
+from visionloop.spark_jobs.preprocess_images import run_batch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "ingest.json"

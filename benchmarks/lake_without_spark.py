@@ -1,9 +1,10 @@
 """Write Fashion-MNIST into a lake where Spark cannot run (the lent GPU machine has no Java).
 
 Every image goes through the same per-file preprocessing as the Spark job
-(``visionloop.imaging``), gets its split from ``visionloop.contract.split_for`` and lands in
-an images table of the same contract, so the training pipeline reads it unchanged. It does
-not deduplicate or quarantine: use the Spark job for real ingestion.
+(``visionloop.preprocessing``), gets its split from ``visionloop.lake.contract.split_for``
+and is committed through ``visionloop.lake.commit`` (which keeps the label map) into an
+images table of the same contract, so the training pipeline reads it unchanged. It does not
+deduplicate or quarantine: use the Spark job for real ingestion.
 
     python benchmarks/lake_without_spark.py --source /usr/share/datasets/fashion-mnist \
         --data-home /tmp/fmnist-home [--limit N]
@@ -20,12 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from visionloop.contract import IMAGES_SCHEMA, split_for
-from visionloop.imaging import ImageOptions, ProcessedImage, process_image_bytes
-from visionloop.samples import CLASS_NAMES, DEBIAN_DIR, iter_images
+from visionloop.ingest.samples import CLASS_NAMES, DEBIAN_DIR, iter_images
+from visionloop.lake import commit as lake
+from visionloop.lake.contract import IMAGES_SCHEMA, split_for
+from visionloop.preprocessing import ProcessedImage, image_options, process_image_bytes
 from visionloop.settings import load_settings
 
 ROWS_PER_FILE = 10_000
+BATCH_ID = "fashion-mnist"
 
 
 def png_bytes(pixels) -> bytes:
@@ -41,8 +44,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int)
     args = parser.parse_args()
     settings = load_settings(data_home=args.data_home)
-    options = ImageOptions(size=settings.image_size, image_format=settings.image_format)
-    directory = settings.images_dir / "batch_id=fashion-mnist"
+    options = image_options(settings)
+    staging = lake.stage(settings, BATCH_ID)
+    directory = staging.table("images")
     now = datetime.now(UTC)
     rows: list[dict] = []
     files = 0
@@ -71,7 +75,8 @@ def main() -> None:
             write_part(directory, files, rows)
             rows, files = [], files + 1
     write_part(directory, files, rows)
-    print(f"wrote {directory}")
+    lake.commit(settings, BATCH_ID, {"batch_id": BATCH_ID, "source": str(args.source)})
+    print(f"committed batch {BATCH_ID} into {settings.images_dir}")
 
 
 def write_part(directory: Path, number: int, rows: list[dict]) -> None:

@@ -7,18 +7,22 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.ingest import commit_batch, hold_batch, preprocess_batch, publish_ingest_report
-from tasks.validate import validate_batch
-from visionloop import lake
+from visionloop.lake import commit as lake
 from visionloop.parameters import IngestParameters
+from visionloop.quality.gate import QualityGateError
 from visionloop.settings import Settings, load_settings
-from visionloop.validation import QualityGateError
+from visionloop.tasks.ingest import (
+    commit_batch,
+    hold_batch,
+    preprocess_batch,
+    publish_ingest_report,
+)
+from visionloop.tasks.validate import validate_batch
 
 
 @flow(name="ingest", log_prints=True)
-def ingest(params: IngestParameters | None = None) -> dict[str, Any]:
+def ingest(params: IngestParameters = IngestParameters()) -> dict[str, Any]:
     """Preprocess the landing sources, gate the batch, and commit it to the lake."""
-    params = params or IngestParameters()
     return ingest_batch(load_settings(params.config), params)
 
 

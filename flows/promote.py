@@ -1,4 +1,4 @@
-"""Promote flow: evaluate challenger and champion on the frozen test split, then decide."""
+"""Promote flow: evaluate challenger and champion on the lake's test split, then decide."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from typing import Any
 
 from prefect import flow
 
-from tasks.train import promote_model
 from visionloop.parameters import PromoteParameters
 from visionloop.settings import load_settings
+from visionloop.tasks.train import connect_tracking, promote_model, snapshot_lake
 
 
 @flow(name="promote", log_prints=True)
-def promote(params: PromoteParameters | None = None) -> dict[str, Any]:
+def promote(params: PromoteParameters = PromoteParameters()) -> dict[str, Any]:
     """Promote the given version (default: the ``challenger`` alias) if it beats the champion."""
-    params = params or PromoteParameters()
-    return promote_model(load_settings(params.config), params.version)
+    settings = load_settings(params.config)
+    tracking = connect_tracking(settings)
+    return promote_model(tracking, settings, snapshot_lake(settings), params.version)

@@ -30,17 +30,20 @@ from pyspark import TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from visionloop import lake
-from visionloop.contract import (
+from visionloop.ingest.landing import LandingSource, enumerate_source, write_listing
+from visionloop.lake import commit as lake
+from visionloop.lake.contract import (
+    DUPLICATES_SCHEMA,
     IMAGES_SCHEMA,
     QUARANTINE_SCHEMA,
     Reason,
     split_for,
 )
-from visionloop.imaging import ImageOptions, ProcessedImage, process_file
-from visionloop.landing import LandingSource, enumerate_source, write_listing
+from visionloop.lake.label_map import index_of
+from visionloop.lake.snapshot import IMAGES, list_table
+from visionloop.lake.writers import ParquetSink, TFRecordSink, write_through
+from visionloop.preprocessing import ImageOptions, ProcessedImage, image_options, process_file
 from visionloop.settings import Settings, SplitFractions, load_settings
-from visionloop.writers import ParquetSink, TFRecordSink, write_through
 
 PROCESSED_SCHEMA = pa.schema(
     [
@@ -58,9 +61,6 @@ PROCESSED_SCHEMA = pa.schema(
         ("source_format", pa.string()),
         ("split", pa.string()),
     ]
-)
-DUPLICATES_SCHEMA = pa.schema(
-    [("uri", pa.string()), ("image_id", pa.string()), ("duplicate_of", pa.string())]
 )
 NEW, DUPLICATE, QUARANTINED = "new", "duplicate", "quarantine"
 WRITTEN_DDL = "path string, split string, rows long"
@@ -213,16 +213,9 @@ def preprocess(spark: SparkSession, settings: Settings, staging: lake.BatchStagi
     """Process every listed file in the workers; returns the narrow per-file results."""
     listing = spark.read.parquet(str(staging.listing))
     partitions = settings.spark_partitions or 4 * spark.sparkContext.defaultParallelism
-    options = ImageOptions(
-        size=settings.image_size,
-        image_format=settings.image_format,
-        jpeg_quality=settings.jpeg_quality,
-        max_pixels=settings.max_image_pixels,
-        max_file_bytes=settings.max_image_file_bytes,
-    )
     body = functools.partial(
         process_partition,
-        options=options,
+        options=image_options(settings),
         fractions=settings.split,
         directory=staging.processed,
         batch_id=staging.root.name,
@@ -300,15 +293,15 @@ def _outcome_columns() -> tuple[Column, Column, Column, Column]:
 
 def read_lake_labels(spark: SparkSession, settings: Settings) -> DataFrame | None:
     """``image_id, in_lake, lake_label`` of every committed image, or None for an empty lake."""
-    if not lake.has_rows(settings, "images"):
+    files = [str(path) for path in list_table(settings.lake_dir, IMAGES)]
+    if not files:
         return None
-    return spark.read.parquet(str(lake.table_dir(settings, "images"))).select(
+    return spark.read.parquet(*files).select(
         "image_id", F.lit(True).alias("in_lake"), F.col("label").alias("lake_label")
     )
 
 
 def write_outputs(
-    spark: SparkSession,
     settings: Settings,
     staging: lake.BatchStaging,
     decisions: DataFrame,
@@ -316,7 +309,7 @@ def write_outputs(
     ingested_at: datetime,
 ) -> None:
     """Write new images (Parquet + TFRecord), quarantine and duplicate rows into staging."""
-    labels = label_index(spark, settings, decisions)
+    labels = label_index(settings, decisions)
     new_rows = decisions.filter(F.col("outcome") == NEW).select("file", "entry_id")
     files = max(1, len(list(staging.processed.glob("*.parquet"))))
     body = functools.partial(
@@ -328,8 +321,6 @@ def write_outputs(
         ingested_at=ingested_at,
     )
     new_rows.repartition(files, "file").mapInArrow(body, WRITTEN_DDL).count()
-    if staging.table("tfrecord").exists():
-        (staging.table("tfrecord") / "label_map.json").write_text(json.dumps(labels, indent=2))
     quarantined = decisions.filter(F.col("outcome") == QUARANTINED).select(
         "uri",
         "reason",
@@ -358,16 +349,10 @@ def _write_table(
     frame.coalesce(1).mapInArrow(body, WRITTEN_DDL).count()
 
 
-def label_index(spark: SparkSession, settings: Settings, decisions: DataFrame) -> dict[str, int]:
-    """Class index for TFRecord labels: settings.classes, else the sorted lake + batch labels."""
-    if settings.classes:
-        return {name: index for index, name in enumerate(settings.classes)}
-    labels = decisions.filter(F.col("outcome") == NEW).select("label")
-    if lake.has_rows(settings, "images"):
-        lake_labels = spark.read.parquet(str(lake.table_dir(settings, "images"))).select("label")
-        labels = labels.unionByName(lake_labels)
-    names = sorted(row.label for row in labels.dropna().distinct().collect())
-    return {name: index for index, name in enumerate(names)}
+def label_index(settings: Settings, decisions: DataFrame) -> dict[str, int]:
+    """TFRecord class indices: the lake's persistent label map extended by this batch."""
+    labels = decisions.filter(F.col("outcome") == NEW).select("label").dropna().distinct()
+    return index_of(lake.batch_label_map(settings, {row.label for row in labels.collect()}))
 
 
 def summarise(decisions: DataFrame, files_in: int, batch_id: str) -> dict[str, Any]:
@@ -408,7 +393,7 @@ def stage_batch(
     narrow = preprocess(spark, settings, staging)
     decide(narrow, read_lake_labels(spark, settings)).write.parquet(str(staging.decisions))
     decisions = spark.read.parquet(str(staging.decisions))
-    write_outputs(spark, settings, staging, decisions, batch_id, ingested_at)
+    write_outputs(settings, staging, decisions, batch_id, ingested_at)
     report = summarise(decisions, files_in, batch_id)
     accounted = report["written"] + report["duplicates"] + report["quarantined"]
     if accounted != files_in:

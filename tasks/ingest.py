@@ -9,11 +9,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
-from spark_jobs.preprocess_images import stage_batch
-from visionloop import lake
-from visionloop.landing import LandingSource
+from visionloop.ingest.landing import LandingSource
+from visionloop.lake import commit as lake
 from visionloop.settings import Settings
 from visionloop.spark import spark_session
+from visionloop.spark_jobs.preprocess_images import stage_batch
 
 
 @task(retries=2, retry_delay_seconds=10, cache_policy=NONE)

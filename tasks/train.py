@@ -1,8 +1,12 @@
-"""Prefect tasks of the train and promote stages: thin wrappers over visionloop.training."""
+"""Prefect tasks of the train and promote stages: thin wrappers over ``visionloop.registry``.
+
+No task here caches: whether to train is decided from the registry by
+:func:`~visionloop.registry.challenger.plan_training` (so ``--force`` and a rollback always
+win), and a retried training task resumes from its last epoch's checkpoint.
+"""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,37 +14,54 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from visionloop.lake.snapshot import LakeSnapshot, take
+from visionloop.registry.challenger import TrainingPlan, plan_training, train_challenger
+from visionloop.registry.promotion import promote
+from visionloop.registry.tracking import Tracking
 from visionloop.settings import Settings
-from visionloop.training.pipeline import skip_reason, snapshot_lake, train_challenger
-from visionloop.training.promotion import promote
+
+
+@task(retries=2, retry_delay_seconds=5, cache_policy=NONE)
+def connect_tracking(settings: Settings) -> Tracking:
+    """Probe the tracking store once; the resource is passed to every later task."""
+    return Tracking.connect(settings)
+
+
+@task(cache_policy=NONE)
+def snapshot_lake(settings: Settings) -> LakeSnapshot:
+    """Freeze the lake's images table for this run."""
+    snapshot = take(settings.lake_dir)
+    get_run_logger().info(
+        "lake snapshot %s: %d rows in %d batches, %d labelled train rows",
+        snapshot.id,
+        snapshot.rows,
+        len(snapshot.batch_rows),
+        snapshot.train_rows,
+    )
+    return snapshot
 
 
 @task(retries=2, retry_delay_seconds=10, cache_policy=NONE)
-def plan_training(settings: Settings) -> dict[str, Any]:
-    """Snapshot the lake and decide whether there is anything new to train on."""
-    snapshot = snapshot_lake(settings)
-    return {"snapshot": snapshot, "skip_reason": skip_reason(settings, snapshot)}
-
-
-def _training_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
-    """Same training data, same settings, same tracking store: the same challenger."""
-    settings: Settings = parameters["settings"]
-    identity = "|".join(
-        [
-            parameters["snapshot"]["train_hash"],
-            settings.training.model_dump_json(),
-            settings.resolved_mlflow_uri,
-            settings.registered_model_name,
-        ]
+def plan(
+    tracking: Tracking, settings: Settings, snapshot: LakeSnapshot, force: bool
+) -> TrainingPlan:
+    """Train, skip or reuse: the decision and its reason become an artifact."""
+    decided = plan_training(tracking, settings, snapshot, force=force)
+    create_table_artifact(
+        key="training-plan",
+        table=[{"action": decided.action, "reason": decided.reason, "version": decided.version}],
+        description=f"Training plan on lake snapshot {snapshot.id}",
     )
-    return "train-" + hashlib.sha256(identity.encode()).hexdigest()[:32]
+    return decided
 
 
-@task(retries=1, retry_delay_seconds=30, cache_key_fn=_training_cache_key)
+@task(retries=1, retry_delay_seconds=30, cache_policy=NONE)
 def train_model(
+    tracking: Tracking,
     settings: Settings,
+    snapshot: LakeSnapshot,
+    training_plan: TrainingPlan,
     output_dir: Path,
-    snapshot: dict[str, Any],
     expectations: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """DDP fine-tuning under torchrun (logs stream into this task), then register.
@@ -48,34 +69,39 @@ def train_model(
     A retry resumes from the last epoch's checkpoint in ``output_dir``.
     """
     logger = get_run_logger()
-    challenger = train_challenger(settings, output_dir, snapshot, expectations, log=logger.info)
+    challenger = train_challenger(
+        tracking, settings, snapshot, training_plan, output_dir, expectations, log=logger.info
+    )
     summary = challenger.summary()
     create_table_artifact(
         key="challenger",
         table=[{"measure": key, "value": value} for key, value in summary.items()],
-        description=f"Challenger v{summary['version']} of {settings.registered_model_name}",
+        description=f"Challenger v{summary['version']} of {tracking.model_name}",
     )
     return summary
 
 
+@task(retries=2, retry_delay_seconds=5, cache_policy=NONE)
+def describe_champion(tracking: Tracking) -> dict[str, Any] | None:
+    """The champion's version and test metrics, for the run's summary."""
+    return tracking.champion()
+
+
 @task(retries=2, retry_delay_seconds=10, cache_policy=NONE)
-def promote_model(settings: Settings, version: str | None) -> dict[str, Any]:
+def promote_model(
+    tracking: Tracking, settings: Settings, snapshot: LakeSnapshot, version: str | None
+) -> dict[str, Any]:
     """The champion/challenger gate; the decision with its numbers becomes an artifact."""
-    result = promote(settings, version)
+    result = promote(tracking, settings, snapshot, version)
     create_table_artifact(
         key="promotion",
         table=result.rows,
         description=f"{result.name} v{result.challenger_version}: {result.decision.reason}",
     )
-    champion_report = (
-        result.challenger_report if result.decision.promoted else result.champion_report
-    )
     return {
         "promoted": result.decision.promoted,
         "reason": result.decision.reason,
         "challenger_version": result.challenger_version,
-        "champion_version": (
-            result.challenger_version if result.decision.promoted else result.champion_version
-        ),
-        "champion_test_accuracy": champion_report.accuracy if champion_report else None,
+        "champion_version": result.champion_after,
+        "replayed": result.replayed,
     }

@@ -7,8 +7,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
+from visionloop.quality.gate import run_gate
 from visionloop.settings import Settings
-from visionloop.validation import run_gate
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NONE)

@@ -8,7 +8,7 @@ and cross-file cases (duplicates, one content under two labels).
 
 Each :class:`CorpusEntry` says who decides its fate (``scope``):
 
-* ``file``: :func:`visionloop.imaging.process_file` alone returns ``expected``;
+* ``file``: :func:`visionloop.preprocessing.process_file` alone returns ``expected``;
 * ``listing``: the landing walker decides (``process_file`` would see something else);
 * ``batch``: the Spark job decides across files; each file on its own processes fine.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from visionloop.contract import Reason
+from visionloop.lake.contract import Reason
 
 OK, DUPLICATE = "ok", "duplicate"
 #: The file-size limit the corpus is built for (``max_image_file_bytes`` in its tests): every

@@ -1,10 +1,11 @@
 """Tiny, real lake tables for tests, made from the Debian Fashion-MNIST files.
 
 ``/usr/share/datasets/fashion-mnist/*.gz`` are the original idx files (read by
-:mod:`visionloop.samples`). Images are stored like the ingest job stores them: RGB
+:mod:`visionloop.ingest.samples`). Images are stored like the ingest job stores them: RGB
 PNG (grey replicated to three channels) at ``size`` x ``size``, in a hive-partitioned
 Parquet images table (``images/batch_id=<id>/part-*.parquet``) with ``IMAGES_SCHEMA`` and
-bounded row groups; splits come from :func:`visionloop.contract.split_for`.
+bounded row groups; splits come from :func:`visionloop.lake.contract.split_for`. Batches
+are staged and committed through :mod:`visionloop.lake.commit`, which keeps the label map.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from visionloop.contract import IMAGES_SCHEMA, split_for
-from visionloop.samples import CLASS_NAMES, load_part
+from visionloop.ingest.samples import CLASS_NAMES, load_part
+from visionloop.lake import commit as lake
+from visionloop.lake.contract import IMAGES_SCHEMA, split_for
 from visionloop.settings import Settings, SplitFractions, load_settings
 
 FASHION_CLASSES = CLASS_NAMES
@@ -106,24 +108,27 @@ def image_rows(
     raise ValueError(f"could not find {wanted} distinct images of classes {classes}")
 
 
-def write_images_table(
-    images_dir: Path,
+def commit_rows(
+    settings: Settings,
     rows: list[dict],
     *,
     batch_id: str = "b0",
     row_group_rows: int = 1024,
     parts: int = 1,
 ) -> list[Path]:
-    """Write ``rows`` as ``parts`` Parquet files of one committed batch; returns the files."""
-    directory = images_dir / f"batch_id={batch_id}"
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    """Stage ``rows`` as ``parts`` Parquet files of one batch and commit it; the files."""
+    staging = lake.stage(settings, batch_id)
+    names = []
     for part, chunk in enumerate(np.array_split(np.arange(len(rows)), parts)):
         table = pa.Table.from_pylist([rows[i] for i in chunk], schema=IMAGES_SCHEMA)
-        path = directory / f"part-{part:05d}.parquet"
-        pq.write_table(table, path, row_group_size=row_group_rows, compression="zstd")
-        written.append(path)
-    return written
+        staging.table("images").mkdir(exist_ok=True)
+        name = f"part-{part:05d}.parquet"
+        pq.write_table(
+            table, staging.table("images") / name, row_group_size=row_group_rows, compression="zstd"
+        )
+        names.append(name)
+    lake.commit(settings, batch_id, {"batch_id": batch_id, "written": len(rows)})
+    return [settings.images_dir / f"batch_id={batch_id}" / name for name in names]
 
 
 def tiny_lake(
@@ -142,8 +147,8 @@ def tiny_lake(
     rows = image_rows(labelled, size=size, unlabelled=unlabelled, classes=classes)
     order = np.random.default_rng(0).permutation(len(rows))  # mix labelled and unlabelled
     for number, chunk in enumerate(np.array_split(order, batches)):
-        write_images_table(
-            settings.images_dir,
+        commit_rows(
+            settings,
             [rows[i] for i in chunk],
             batch_id=f"b{number}",
             row_group_rows=row_group_rows,

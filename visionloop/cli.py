@@ -1,16 +1,26 @@
-"""``visionloop``: the operations a person runs by hand."""
+"""``visionloop``: the operations a person runs by hand.
+
+Exit codes (also in the README): 0 done; 1 the operation failed (training, registration,
+promotion, a Spark or lake error); 2 bad arguments or settings; 3 the quality gate stopped
+a batch (it is held); 4 a service is unreachable (MLflow tracking store, Label Studio).
+Errors are one clear message on stderr, never a bare traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from visionloop.settings import Settings, SettingsError, load_settings
+
+EXIT_FAILED, EXIT_USAGE, EXIT_GATE, EXIT_UNREACHABLE = 1, 2, 3, 4
 
 app = typer.Typer(help="Keep image classifiers fresh.", no_args_is_help=True)
 ConfigOption = Annotated[
@@ -19,10 +29,8 @@ ConfigOption = Annotated[
 
 
 def _settings(config: Path | None) -> Settings:
-    try:
+    with reported_errors():
         settings = load_settings(config)
-    except SettingsError as error:
-        _fail(str(error))
     prefect_env(settings)
     return settings
 
@@ -35,29 +43,56 @@ def prefect_env(settings: Settings) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _known_errors() -> tuple[type[Exception], ...]:
-    from visionloop.landing import LandingError
+def _exit_codes() -> dict[type[Exception], int]:
+    """Known errors and their exit codes (imported late: nothing heavy on ``--help``)."""
+    from visionloop.ingest.landing import LandingError
+    from visionloop.lake.snapshot import SnapshotError
+    from visionloop.locks import LockBusyError
+    from visionloop.quality.gate import QualityGateError
+    from visionloop.registry.promotion import PromotionError
+    from visionloop.registry.served_model import RegistrationError
+    from visionloop.registry.tracking import TrackingUnavailableError
     from visionloop.spark import SparkUnavailableError
+    from visionloop.training.lake_reader import LakeReadError
     from visionloop.training.launch import TrainingError
-    from visionloop.training.promotion import PromotionError
-    from visionloop.training.registry import RegistrationError, TrackingUnavailableError
-    from visionloop.validation import QualityGateError
 
-    return (
-        SettingsError,
-        LandingError,
-        QualityGateError,
-        SparkUnavailableError,
-        TrainingError,
-        TrackingUnavailableError,
-        RegistrationError,
-        PromotionError,
-    )
+    return {
+        SettingsError: EXIT_USAGE,
+        LandingError: EXIT_USAGE,
+        QualityGateError: EXIT_GATE,
+        TrackingUnavailableError: EXIT_UNREACHABLE,
+        SparkUnavailableError: EXIT_FAILED,
+        LockBusyError: EXIT_FAILED,
+        SnapshotError: EXIT_FAILED,
+        LakeReadError: EXIT_FAILED,
+        TrainingError: EXIT_FAILED,
+        RegistrationError: EXIT_FAILED,
+        PromotionError: EXIT_FAILED,
+    }
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn a known error into its message on stderr and its exit code."""
+    try:
+        yield
+    except SettingsError as error:  # before the heavy imports below
+        _fail(str(error), EXIT_USAGE)
+    except Exception as error:
+        code = next((code for kind, code in _exit_codes().items() if isinstance(error, kind)), None)
+        if code is None:
+            raise
+        _fail(str(error), code)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _run(operation: Callable[[], Any]) -> Any:
+    with reported_errors():
+        return operation()
 
 
 @app.command()
@@ -67,16 +102,13 @@ def run(
 ) -> None:
     """Run the nightly flow once, on the sample images (or the configured sources)."""
     settings = _settings(config)
-    from flows.nightly import nightly
+    from visionloop.flows.nightly import nightly
     from visionloop.parameters import NightlyParameters
 
     params = NightlyParameters(
         accept_failing_batch=accept_failing_batch, config=str(config) if config else None
     )
-    try:
-        result = nightly(params)
-    except _known_errors() as error:
-        _fail(str(error))
+    result = _run(lambda: nightly(params))
     print_summary(settings, result)
 
 
@@ -89,20 +121,17 @@ def ingest(
 ) -> None:
     """Ingest landing folders or manifests into the lake through the quality gate."""
     settings = _settings(config)
-    from flows.ingest import ingest as ingest_flow
-    from visionloop.landing import LandingSource
+    from visionloop.flows.ingest import ingest as ingest_flow
+    from visionloop.ingest.landing import LandingSource
     from visionloop.parameters import IngestParameters
 
-    params = IngestParameters(
-        sources=[LandingSource(path=str(path), layout=layout) for path in sources],
-        accept_failing_batch=accept_failing_batch,
-        config=str(config) if config else None,
-    )
-    try:
-        result = ingest_flow(params)
-    except _known_errors() as error:
-        _fail(str(error))
-    print_summary(settings, {"ingest": result})
+    with reported_errors():
+        params = IngestParameters(
+            sources=[LandingSource(path=str(path), layout=layout) for path in sources],
+            accept_failing_batch=accept_failing_batch,
+            config=str(config) if config else None,
+        )
+    print_summary(settings, {"ingest": _run(lambda: ingest_flow(params))})
 
 
 @app.command("fashion-mnist")
@@ -111,12 +140,12 @@ def fashion_mnist(
     limit: Annotated[int | None, typer.Option(help="write only the first N images")] = None,
 ) -> None:
     """Write the full Fashion-MNIST (70k PNGs) from Debian's dataset-fashion-mnist package."""
-    from visionloop.samples import DatasetMissingError, materialise
+    from visionloop.ingest.samples import DatasetMissingError, materialise
 
     try:
         count = materialise(dest, limit)
     except DatasetMissingError as error:
-        _fail(str(error))
+        _fail(str(error), EXIT_USAGE)
     typer.echo(f"wrote {count} images into {dest} (ImageFolder layout)")
 
 
@@ -129,7 +158,7 @@ def settings(config: ConfigOption = None) -> None:
 @app.command()
 def lake(config: ConfigOption = None) -> None:
     """Print the committed batches of the lake."""
-    from visionloop.lake import committed_batches
+    from visionloop.lake.commit import committed_batches
 
     for report in committed_batches(_settings(config)):
         typer.echo(json.dumps(report))
@@ -146,7 +175,7 @@ def deploy(
     try:
         deploy_all(_settings(config), pool)
     except DeployError as error:
-        _fail(str(error))
+        _fail(str(error), EXIT_UNREACHABLE)
     typer.echo("deployed: nightly/nightly, ingest/ingest, train/train, promote/promote")
 
 
@@ -154,19 +183,16 @@ def deploy(
 def train(
     config: ConfigOption = None,
     force: Annotated[
-        bool, typer.Option(help="train even if the training split is unchanged")
+        bool, typer.Option(help="train a new version even if nothing changed")
     ] = False,
 ) -> None:
     """Train a challenger on the lake and put it through the promotion gate."""
     _settings(config)
-    from flows.train import train as train_flow
+    from visionloop.flows.train import train as train_flow
     from visionloop.parameters import TrainParameters
 
     params = TrainParameters(force=force, config=str(config) if config else None)
-    try:
-        typer.echo(json.dumps(train_flow(params), indent=2, default=str))
-    except _known_errors() as error:
-        _fail(str(error))
+    typer.echo(json.dumps(_run(lambda: train_flow(params)), indent=2, default=str))
 
 
 @app.command()
@@ -176,27 +202,23 @@ def promote(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Evaluate a version against the champion on the frozen test split and decide."""
+    """Evaluate a version against the champion on the lake's test split and decide."""
     _settings(config)
-    from flows.promote import promote as promote_flow
+    from visionloop.flows.promote import promote as promote_flow
     from visionloop.parameters import PromoteParameters
 
     params = PromoteParameters(version=version, config=str(config) if config else None)
-    try:
-        typer.echo(json.dumps(promote_flow(params), indent=2, default=str))
-    except _known_errors() as error:
-        _fail(str(error))
+    typer.echo(json.dumps(_run(lambda: promote_flow(params)), indent=2, default=str))
 
 
 @app.command()
 def rollback(config: ConfigOption = None) -> None:
     """Restore the previous champion (undoes the last promotion)."""
-    from visionloop.training.promotion import rollback as rollback_model
+    settings = _settings(config)
+    from visionloop.registry.promotion import rollback as rollback_model
+    from visionloop.registry.tracking import Tracking
 
-    try:
-        result = rollback_model(_settings(config))
-    except _known_errors() as error:
-        _fail(str(error))
+    result = _run(lambda: rollback_model(Tracking.connect(settings), settings))
     typer.echo(
         f"{result.name}: champion is v{result.champion_version} again "
         f"(v{result.demoted_version} rolled back)"
@@ -226,28 +248,28 @@ def print_summary(settings: Settings, result: dict) -> None:
 def _training_lines(settings: Settings, train_result: dict | None) -> list[str]:
     if train_result is None:
         return []
-    from visionloop.training.pipeline import champion_tags
+    from visionloop.registry.tracking import redact
 
-    lines = [f"MLflow:             {settings.resolved_mlflow_uri}"]
-    if not train_result["trained"]:
+    lines = [f"MLflow:             {redact(settings.resolved_mlflow_uri)}"]
+    if "skip_reason" in train_result:
         lines.append(f"training skipped:   {train_result['skip_reason']}")
-    else:
+    if "challenger" in train_result:
         challenger = train_result["challenger"]
-        promotion = train_result.get("promotion", {})
         lines.append(
             f"challenger:         v{challenger['version']} test accuracy "
             f"{challenger['test_accuracy']:.3f}, macro-F1 {challenger['test_macro_f1']:.3f}"
-            + (f" — {promotion['reason']}" if promotion else "")
         )
-    version, tags = champion_tags(settings)
-    if version is None:
-        lines.append("champion:           none yet")
-    else:
-        accuracy = float(tags.get("test.accuracy", "nan"))
+    if "promotion" in train_result:
+        lines.append(f"promotion:          {train_result['promotion']['reason']}")
+    champion = train_result.get("champion")
+    if champion:
         lines.append(
-            f"champion:           {settings.registered_model_name} v{version}, "
-            f"test accuracy {accuracy:.3f} (models:/{settings.registered_model_name}@champion)"
+            f"champion:           {settings.registered_model_name} v{champion['version']}, "
+            f"test accuracy {champion['test_accuracy']:.3f} "
+            f"(models:/{settings.registered_model_name}@champion)"
         )
+    else:
+        lines.append("champion:           none yet")
     return lines
 
 

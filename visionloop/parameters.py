@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from visionloop.landing import LandingSource
+from visionloop.ingest.landing import LandingSource
 from visionloop.settings import REPO_ROOT
 
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"

@@ -17,6 +17,8 @@ import timm
 import torch
 
 from tests.lakes import tiny_lake
+from tests.waiting import wait_for
+from visionloop.lake.snapshot import take
 from visionloop.settings import Settings
 from visionloop.training import checkpoint as ckpt
 from visionloop.training.config import RunPaths
@@ -24,6 +26,7 @@ from visionloop.training.launch import (
     TrainingError,
     TrainingOutcome,
     build_torchrun_command,
+    pin_snapshot,
     run_training,
     training_env,
 )
@@ -70,7 +73,11 @@ def finished(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tu
     lines: list[str] = []
     started = time.perf_counter()
     outcome = run_training(
-        settings, tmp_path_factory.mktemp("run"), mlflow_run_id=run_id, log=lines.append
+        settings,
+        tmp_path_factory.mktemp("run"),
+        take(settings.lake_dir),
+        mlflow_run_id=run_id,
+        log=lines.append,
     )
     print(f"uninterrupted run: {time.perf_counter() - started:.1f}s")
     return outcome, lines, client, run_id
@@ -101,10 +108,9 @@ def _processes_marked(value: str) -> list[int]:
 
 
 def _wait_until_gone(value: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _processes_marked(value):
-        assert time.monotonic() < deadline, f"outlived the kill: {_processes_marked(value)}"
-        time.sleep(0.1)
+    wait_for(
+        lambda: not _processes_marked(value), timeout, f"processes of {value} outlived the kill"
+    )
 
 
 def test_torchrun_command_is_standalone_and_module_based(tmp_path: Path) -> None:
@@ -127,10 +133,12 @@ def test_two_ranks_train_and_end_with_identical_weights(finished) -> None:
     assert hashes[0] == hashes[1]
     assert outcome.best["val_accuracy"] > 0.3  # 10 classes: well above chance after 2 epochs
 
-    checkpoint = torch.load(outcome.model_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(outcome.model_path, map_location="cpu", weights_only=True)
     assert set(checkpoint) == {
-        "model_name", "num_classes", "labels", "input_size", "mean", "std", "state_dict"
+        "model_name", "num_classes", "labels", "input_size", "mean", "std", "image_options",
+        "state_dict",
     }  # fmt: skip
+    assert checkpoint["image_options"]["size"] == 32
     assert checkpoint["model_name"] == "resnet10t" and checkpoint["input_size"] == 32
     assert checkpoint["num_classes"] == len(checkpoint["labels"]) == 10
     label_map = json.loads(outcome.label_map_path.read_text())
@@ -150,24 +158,21 @@ def test_a_killed_run_resumes_from_its_checkpoint(
     out = tmp_path / "run"
     paths = RunPaths(out)
     command = build_torchrun_command(settings.save(out), out, 2)
-    env = training_env(settings, 2, None) | {MARKER: str(out)}
+    pin_snapshot(out, take(settings.lake_dir))
+    env = training_env(settings, 2) | {MARKER: str(out)}
     with (tmp_path / "first.log").open("w") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        deadline = time.monotonic() + 300
-        while not paths.checkpoint.exists():
-            assert process.poll() is None, (tmp_path / "first.log").read_text()
-            assert time.monotonic() < deadline, "no checkpoint after epoch 1"
-            time.sleep(0.05)
-        time.sleep(0.5)  # well inside epoch 2 (~2.5 s here)
+        # Kill as soon as epoch 1's checkpoint lands: epoch 2 has begun, not finished.
+        wait_for(paths.checkpoint.exists, 300, "no checkpoint after epoch 1", process)
         assert len(_processes_marked(str(out))) >= 3  # torchrun, 2 ranks, workers
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     # torchrun starts ranks in sessions of their own; they, their loader fork server and
     # workers must die with it, not train on beside the resumed run.
     _wait_until_gone(str(out))
-    saved = torch.load(paths.checkpoint, map_location="cpu", weights_only=False)
+    saved = ckpt.load(paths.checkpoint)
     assert saved["epoch"] == 1, "killed too late: epoch 2 had already finished"
     assert not paths.model.exists()
 
@@ -192,7 +197,7 @@ def test_a_failing_run_raises_with_exit_code_and_last_lines(
     )
     lines: list[str] = []
     with pytest.raises(TrainingError, match="exit code 1") as error:
-        run_training(broken, tmp_path / "run", log=lines.append)
+        run_training(broken, tmp_path / "run", take(settings.lake_dir), log=lines.append)
     assert "no model 'not_a_model'" in str(error.value)
     assert lines and error.value.tail == lines[-len(error.value.tail) :]
 
@@ -235,14 +240,19 @@ def test_checkpoint_files_are_replaced_atomically_and_hashes_see_every_tensor(
 
 @pytest.mark.slow
 def test_single_process_run_with_accumulation_mixup_and_early_stopping(tmp_path: Path) -> None:
-    """Without torchrun: one process, cutmix/mixup, 2-step accumulation, patience 1."""
+    """Without torchrun: one process, cutmix/mixup, 2-step accumulation, patience 1.
+
+    A model without batch norm and a learning rate of 1e-12 cannot change its validation
+    score, so epoch 2 does not improve on epoch 1 and patience 1 must stop the run there.
+    """
     settings = tiny_lake(
         tmp_path / "home",
         labelled=200,
         size=32,
         training={
             **TRAINING,
-            "model_name": "test_resnet",
+            "model_name": "test_vit",
+            "lr": 1e-12,
             "epochs": 4,
             "num_workers": 0,
             "grad_accum_steps": 2,
@@ -253,15 +263,13 @@ def test_single_process_run_with_accumulation_mixup_and_early_stopping(tmp_path:
         },
     )
     out = tmp_path / "run"
+    pin_snapshot(out, take(settings.lake_dir))
     command = [sys.executable, "-m", "visionloop.training.train"]
     command += ["--settings", str(settings.save(out)), "--output", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 batches of 16 per rank" in result.stdout  # 2 steps x 2 micro-batches
     summary = json.loads(RunPaths(out).summary.read_text())
-    if summary["stopped_early"]:
-        assert summary["epochs_run"] == summary["best_epoch"] + 1 < 4
-    else:
-        assert summary["epochs_run"] == 4
-    assert _epochs(out) == list(range(1, summary["epochs_run"] + 1))
+    assert summary["stopped_early"] and summary["best_epoch"] == 1
+    assert summary["epochs_run"] == 2 and _epochs(out) == [1, 2]
     assert RunPaths(out).model.exists()

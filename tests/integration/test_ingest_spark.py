@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,15 +20,20 @@ from PIL import Image
 from tfrecord.reader import tfrecord_loader
 from tfrecord.writer import TFRecordWriter
 
-from spark_jobs.preprocess_images import run_batch
 from tests.corpus import MAX_FILE_BYTES, build_bad_corpus, write_escaping_manifest
-from visionloop import lake
-from visionloop.contract import IMAGES_SCHEMA, QUARANTINE_SCHEMA
-from visionloop.landing import LandingSource
+from tests.waiting import wait_for
+from visionloop.ingest.landing import LandingSource
+from visionloop.lake import commit as lake
+from visionloop.lake import label_map
+from visionloop.lake.contract import IMAGES_SCHEMA, QUARANTINE_SCHEMA
 from visionloop.parameters import SAMPLE_DIR
 from visionloop.settings import REPO_ROOT, load_settings
+from visionloop.spark_jobs.preprocess_images import run_batch, stage_batch
 
 pytestmark = pytest.mark.slow
+
+
+SAMPLE_CLASSES = [path.name for path in (SAMPLE_DIR / "labelled").iterdir()]
 
 
 @pytest.fixture
@@ -158,6 +163,47 @@ def test_manifest_entries_outside_the_root_are_quarantined(spark, settings, tmp_
     assert report["files_in"] == report["written"] + report["duplicates"] + report["quarantined"]
 
 
+def test_a_batch_interrupted_after_its_ready_marker_is_rolled_forward(
+    spark, settings, sample_landing
+) -> None:
+    """Real Spark output staged, the marker written, one table moved, then a crash."""
+    report = stage_batch(spark, settings, _sources(sample_landing))
+    batch_id = report["batch_id"]
+    staging = lake.BatchStaging(settings.staging_dir / batch_id)
+    (staging.root / lake.READY_MARKER).write_text(json.dumps(report))
+    moved = lake.partition_dir(settings, "images", batch_id)
+    moved.parent.mkdir(parents=True)
+    staging.table("images").rename(moved)
+    assert not label_map.read(settings.lake_dir)  # the crash came before the map was written
+
+    assert lake.recover(settings) == [batch_id]
+    assert _images(settings).num_rows == report["written"] == 280
+    tables = {"duplicates", "images", "quarantine", "tfrecord"}
+    assert all(lake.partition_dir(settings, name, batch_id).is_dir() for name in tables)
+    assert label_map.read(settings.lake_dir) == tuple(sorted(SAMPLE_CLASSES))
+    assert [r["batch_id"] for r in lake.committed_batches(settings)] == [batch_id]
+    assert not (settings.staging_dir / batch_id).exists()
+
+
+def test_tfrecord_class_indices_are_the_lake_label_map_across_batches(
+    spark, settings, sample_landing, tmp_path: Path
+) -> None:
+    """A later batch with new classes appends them; earlier indices never change."""
+    first = tmp_path / "first"
+    for name in ("trouser", "bag"):
+        shutil.copytree(sample_landing / "labelled" / name, first / name)
+    run_batch(spark, settings, [LandingSource(path=str(first), layout="imagefolder")])
+    assert label_map.read(settings.lake_dir) == ("bag", "trouser")
+    run_batch(spark, settings, _sources(sample_landing))
+    classes = label_map.read(settings.lake_dir)
+    assert classes[:2] == ("bag", "trouser") and set(classes) == set(SAMPLE_CLASSES)
+    for shard in settings.tfrecord_dir.glob("batch_id=*/*.tfrecord"):
+        for example in tfrecord_loader(str(shard), None):
+            text = bytes(example["image/class/text"]).decode()
+            if text:
+                assert example["image/class/label"][0] == classes.index(text), shard
+
+
 def test_killed_batch_leaves_no_partial_files(settings, sample_landing, tmp_path) -> None:
     """Kill spark-submit style runs mid-batch; the next run recovers and counts each file once."""
     config = settings.save(tmp_path / "config")
@@ -170,9 +216,8 @@ def test_killed_batch_leaves_no_partial_files(settings, sample_landing, tmp_path
         str(sample_landing / "labelled"),
     ]
     job = subprocess.Popen(command, start_new_session=True, cwd=REPO_ROOT)
-    deadline = time.monotonic() + 120
-    while not any(settings.staging_dir.glob("*/processed")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    staged = lambda: any(settings.staging_dir.glob("*/processed"))  # noqa: E731
+    wait_for(staged, 120, "the job staged nothing", job)
     os.killpg(job.pid, signal.SIGKILL)
     job.wait()
     assert any(settings.staging_dir.iterdir()), "the job was killed before staging anything"

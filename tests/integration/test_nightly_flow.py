@@ -1,39 +1,54 @@
-"""The nightly flow in-process: Spark ingest → GX gate → torchrun training → promotion."""
+"""The nightly flow in-process: Spark ingest → GX gate → torchrun training → promotion.
+
+Also: a failing gate holds the batch and nothing trains; an operator override is recorded
+on the model; a batch committed while a model trains changes nothing that model is
+evaluated or described on.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from flows.nightly import nightly
 from tests.integration.test_train_flow import TINY_TRAINING
-from visionloop.landing import LandingSource
+from tests.waiting import wait_for
+from visionloop.flows.nightly import nightly
+from visionloop.ingest.landing import LandingSource
+from visionloop.lake.snapshot import LakeSnapshot, take
 from visionloop.parameters import SAMPLE_DIR, NightlyParameters
+from visionloop.quality.gate import QualityGateError
+from visionloop.registry.tracking import Tracking
 from visionloop.settings import load_settings
-from visionloop.training.pipeline import champion_tags
+from visionloop.spark_jobs.preprocess_images import run_batch
 
 pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
 
 
-def _landing(tmp_path: Path) -> Path:
-    landing = tmp_path / "landing"
-    for name in ("trouser", "bag"):
-        (landing / name).mkdir(parents=True)
-        for image in sorted((SAMPLE_DIR / "labelled" / name).glob("*.png"))[:60]:
-            shutil.copy(image, landing / name)
+def _landing(tmp_path: Path, per_class: int = 60, start: int = 0, name: str = "landing") -> Path:
+    landing = tmp_path / name
+    for label in ("trouser", "bag"):
+        (landing / label).mkdir(parents=True)
+        for image in sorted((SAMPLE_DIR / "labelled" / label).glob("*.png"))[start:][:per_class]:
+            shutil.copy(image, landing / label)
     return landing
 
 
-def test_nightly_ingests_trains_promotes_then_skips(tmp_path: Path) -> None:
-    settings = load_settings(
-        data_home=tmp_path / "home",
-        spark_master="local[2]",
-        image_size=32,
-        training=TINY_TRAINING,
-        promotion={"first_model_floor": 0.0},
+def _settings(tmp_path: Path, **overrides):
+    defaults = {"training": TINY_TRAINING, "promotion": {"first_model_floor": 0.0}}
+    return load_settings(
+        data_home=tmp_path / "home", spark_master="local[2]", image_size=32, **defaults | overrides
     )
+
+
+def test_nightly_ingests_trains_promotes_then_skips(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
     config = settings.save(tmp_path / "config")
     source = LandingSource(path=str(_landing(tmp_path)), layout="imagefolder")
     params = NightlyParameters(sources=[source], config=str(config))
@@ -42,12 +57,90 @@ def test_nightly_ingests_trains_promotes_then_skips(tmp_path: Path) -> None:
     assert first["ingest"]["batch"]["written"] == 120
     assert first["ingest"]["gate"]["passed"]
     assert first["train"]["promotion"]["promoted"]
-    version, tags = champion_tags(settings)
+    tracking = Tracking.connect(settings)
+    version = tracking.alias_version("champion")
     assert version == first["train"]["challenger"]["version"]
+    tags = tracking.version_tags(version)
     assert tags["lineage.expectations.passed"] == "true"
     assert first["ingest"]["batch"]["batch_id"] in tags["lineage.batch_ids"]
 
     second = nightly(params)
     assert second["ingest"]["batch"]["duplicates"] == 120
     assert not second["train"]["trained"]
-    assert "unchanged since champion" in second["train"]["skip_reason"]
+    assert "since champion v1" in second["train"]["skip_reason"]
+
+
+def test_a_failing_gate_holds_the_batch_and_nothing_trains_until_overridden(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, quality={"max_quarantine_rate": 0.01})
+    config = settings.save(tmp_path / "config")
+    landing = _landing(tmp_path, per_class=40)
+    for number in range(3):  # 3 of 83 files quarantined: over the 1 % the settings allow
+        (landing / "bag" / f"notes-{number}.png").write_text("not a picture")
+    source = LandingSource(path=str(landing), layout="imagefolder")
+
+    with pytest.raises(QualityGateError, match="quarantine_rate") as failure:
+        nightly(NightlyParameters(sources=[source], config=str(config)))
+    assert "--accept-failing-batch" in str(failure.value)
+    held = list((settings.lake_dir / "_held").iterdir())
+    assert len(held) == 1 and (held[0] / "images").is_dir() and (held[0] / "report.json").exists()
+    assert not take(settings.lake_dir).files  # nothing reached the lake
+    tracking = Tracking.connect(settings)
+    assert tracking.client.search_registered_models() == []  # and nothing trained
+
+    accepted = nightly(
+        NightlyParameters(sources=[source], config=str(config), accept_failing_batch=True)
+    )
+    assert accepted["ingest"]["gate"]["overridden"] and accepted["train"]["trained"]
+    version = accepted["train"]["challenger"]["version"]
+    tags = tracking.version_tags(version)
+    assert tags["lineage.expectations.overridden"] == "true"
+    assert tags["lineage.expectations.passed"] == "true"
+    run = tracking.client.get_run(
+        tracking.client.get_model_version(tracking.model_name, version).run_id
+    )
+    assert run.data.tags["lineage.expectations.overridden"] == "true"
+
+
+def test_a_batch_committed_during_training_changes_nothing_the_model_saw(
+    spark, tmp_path: Path
+) -> None:
+    """``visionloop train`` runs in its own process; a real ingest commits while it trains."""
+    settings = _settings(
+        tmp_path, training={**TINY_TRAINING, "epochs": 6}, parquet_row_group_rows=32
+    )
+    run_batch(spark, settings, [LandingSource(path=str(_landing(tmp_path)), layout="imagefolder")])
+    before = take(settings.lake_dir)
+    config = settings.save(tmp_path / "config")
+    env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
+    command = [str(BIN / "visionloop"), "train", "--config", str(config)]
+    with (tmp_path / "train.log").open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        pinned = lambda: list(settings.runs_dir.glob("train-*/snapshot.json"))  # noqa: E731
+        wait_for(pinned, 300, "training never started", process)
+        later = _landing(tmp_path, per_class=30, start=60, name="later")
+        report = run_batch(spark, settings, [LandingSource(path=str(later), layout="imagefolder")])
+        committed_at = (settings.lake_dir / "_batches" / f"{report['batch_id']}.json").stat()
+        assert process.wait(timeout=900) == 0, (tmp_path / "train.log").read_text()[-3000:]
+
+    run_dir = pinned()[0].parent
+    assert committed_at.st_mtime < (run_dir / "model.pt").stat().st_mtime, "committed too late"
+    used = LakeSnapshot.load(run_dir / "snapshot.json")
+    after = take(settings.lake_dir)
+    assert used.id == before.id != after.id
+    assert after.labelled_count("test") > used.labelled_count("test")
+
+    tracking = Tracking.connect(settings)
+    version = tracking.alias_version("champion")
+    model_version = tracking.client.get_model_version(tracking.model_name, version)
+    tags = tracking.client.get_run(model_version.run_id).data.tags
+    assert tags["lineage.snapshot_id"] == used.id
+    assert tags["lineage.train_hash"] == used.train_hash != after.train_hash
+    assert report["batch_id"] not in tags["lineage.batch_ids"]
+    test_report = tracking.client.download_artifacts(
+        model_version.run_id, "eval/test_report.json", str(tmp_path)
+    )
+    assert json.loads(Path(test_report).read_text())["n"] == used.labelled_count("test")
+    numbers = json.loads(tracking.version_tags(version)["promotion.numbers"])
+    assert numbers["n"] == used.labelled_count("test")  # the first model's promotion, same split

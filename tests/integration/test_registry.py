@@ -1,6 +1,6 @@
 """MLflow tracking, registration, promotion and rollback against a real SQLite store.
 
-A tiny lake of coloured squares (three classes, 32 px PNG) is written with pyarrow; a
+A tiny lake of coloured squares (three classes, 32 px PNG) is committed to a lake; a
 100k-parameter timm model is trained on it for a few steps (seconds on CPU) and an untrained
 copy serves as the weak model.
 """
@@ -8,6 +8,7 @@ copy serves as the weak model.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -16,18 +17,20 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from visionloop.contract import IMAGES_SCHEMA
+from tests.lakes import commit_rows
+from visionloop.lake.snapshot import LakeSnapshot, take
+from visionloop.preprocessing import ImageOptions
+from visionloop.registry.lineage import Fingerprint
+from visionloop.registry.tracking import Tracking
 from visionloop.settings import REPO_ROOT, Settings, load_settings
+from visionloop.training.models import ModelSpec
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
@@ -87,16 +90,6 @@ def _rows(count: dict[str, int], seed: int, unlabelled: int = 0) -> list[dict]:
     return rows
 
 
-def write_batch(images_dir: Path, batch_id: str, rows: list[dict], group_rows: int = 20) -> Path:
-    folder = images_dir / f"batch_id={batch_id}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "part-0.parquet"
-    pq.write_table(
-        pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), path, row_group_size=group_rows
-    )
-    return path
-
-
 def _pixels(data: bytes) -> np.ndarray:
     array = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255.0
     return (array.transpose(2, 0, 1) - 0.5) / 0.5
@@ -122,18 +115,9 @@ def make_checkpoint(path: Path, rows: list[dict], steps: int, seed: int = 0) -> 
         loss.backward()
         optimiser.step()
     model.eval()
-    torch.save(
-        {
-            "model_name": MODEL,
-            "num_classes": len(CLASSES),
-            "labels": CLASSES,
-            "input_size": SIZE,
-            "mean": list(MEAN),
-            "std": list(STD),
-            "state_dict": model.state_dict(),
-        },
-        path,
-    )
+    spec = ModelSpec(MODEL, tuple(CLASSES), SIZE, MEAN, STD)
+    options = ImageOptions(size=SIZE, image_format="PNG").to_dict()
+    torch.save(spec.checkpoint(model.state_dict(), options), path)
     return path
 
 
@@ -163,7 +147,7 @@ def _settings(home: Path, **overrides) -> Settings:
 
 @pytest.fixture
 def home(tmp_path: Path, lake_rows) -> Path:
-    write_batch(tmp_path / "lake" / "images", "b1", lake_rows)
+    commit_rows(_settings(tmp_path), lake_rows, batch_id="b1", row_group_rows=20)
     return tmp_path
 
 
@@ -172,125 +156,65 @@ def _test_images(rows: list[dict]) -> tuple[list[bytes], list[str]]:
     return [row["image"] for row in test], [row["label"] for row in test]
 
 
-def test_lake_snapshot_and_training_hash(home: Path, lake_rows) -> None:
-    from visionloop.training.lineage import lake_snapshot, training_split_hash
-
-    images_dir = home / "lake" / "images"
-    pairs = sorted(
-        (row["image_id"], row["label"])
-        for row in lake_rows
-        if row["split"] == "train" and row["label"]
-    )
-    expected = hashlib.sha256("".join(f"{i}\t{label}\n" for i, label in pairs).encode())
-    assert training_split_hash(images_dir) == expected.hexdigest()
-
-    snapshot = lake_snapshot(images_dir)
-    assert snapshot["batch_ids"] == ["b1"]
-    assert snapshot["rows"] == len(lake_rows) == 100
-    assert snapshot["train_rows"] == 48
-    assert snapshot["split_rows"] == {
-        "test": {"labelled": 24, "unlabelled": 0},
-        "train": {"labelled": 48, "unlabelled": 4},
-        "val": {"labelled": 24, "unlabelled": 0},
-    }
-    # Val/test/unlabelled rows do not move the hash; a new train row does.
-    extra = _rows({"val": 1, "test": 1}, seed=7, unlabelled=2)
-    write_batch(images_dir, "b2", extra)
-    assert training_split_hash(images_dir) == expected.hexdigest()
-    write_batch(images_dir, "b3", _rows({"train": 1}, seed=8))
-    assert training_split_hash(images_dir) != expected.hexdigest()
-    assert lake_snapshot(images_dir)["batch_ids"] == ["b1", "b2", "b3"]
-
-
-def test_classifier_from_checkpoint_and_module(checkpoints, lake_rows) -> None:
-    import timm
-    import torch
-
-    from visionloop.training.predict import ImageClassifier, ImageDecodeError
+def test_classifier_preprocesses_like_ingest(checkpoints, lake_rows) -> None:
+    from visionloop.preprocessing import ImageRejectedError
+    from visionloop.training.classifier import ImageClassifier
 
     images, labels = _test_images(lake_rows)
     loaded = ImageClassifier.load(checkpoints["trained"])
-    checkpoint = torch.load(checkpoints["trained"], weights_only=True)
-    module = timm.create_model(MODEL, num_classes=3, pretrained=False)
-    module.load_state_dict(checkpoint["state_dict"])
-    wrapped = ImageClassifier.from_module(
-        module, model_name=MODEL, labels=CLASSES, input_size=SIZE, mean=MEAN, std=STD
-    )
     logits = loaded.logits(images, batch_size=5)
     assert logits.shape == (24, 3)
-    np.testing.assert_allclose(wrapped.logits(images), logits, rtol=1e-5, atol=1e-5)
     assert (logits.argmax(1) == [CLASSES.index(label) for label in labels]).mean() >= 0.9
-    # base64 strings decode like bytes; a larger image is resized
+    # base64 strings decode like bytes
     as_text = [base64.b64encode(image).decode() for image in images[:2]]
     np.testing.assert_allclose(loaded.logits(as_text), logits[:2], rtol=1e-5, atol=1e-5)
-    big = io.BytesIO()
-    Image.open(io.BytesIO(images[0])).resize((64, 64)).save(big, format="JPEG")
-    assert loaded.predict_proba([big.getvalue()]).shape == (1, 3)
-    with pytest.raises(ImageDecodeError, match="cannot decode image"):
+    # a larger, non-square image is letterboxed as ingest would store it
+    wide = io.BytesIO()
+    Image.open(io.BytesIO(images[0])).resize((96, 48)).save(wide, format="PNG")
+    assert loaded.predict_proba([wide.getvalue()]).shape == (1, 3)
+    with pytest.raises(ImageRejectedError, match="not_an_image"):
         loaded.logits([b"not an image"])
 
 
-def _register(settings: Settings, model_pt: Path, rows: list[dict], note: str):
-    from visionloop.training.calibration import calibrate
-    from visionloop.training.evaluate import collect_logits, evaluate_split
-    from visionloop.training.lineage import lake_snapshot
-    from visionloop.training.predict import ImageClassifier
-    from visionloop.training.registry import log_and_register, start_training_run
+def _register(
+    tracking: Tracking, settings: Settings, snapshot: LakeSnapshot, model_pt: Path, note: str
+):
+    """Register a checkpoint as training would (its own fingerprint, so versions differ)."""
+    from visionloop.registry.challenger import register_trained
 
-    snapshot = lake_snapshot(settings.images_dir)
-    run_id = start_training_run(
-        settings,
-        snapshot=snapshot,
-        expectations={"passed": True, "overridden": False, "suite": "images"},
-        run_name=note,
-    )
-    classifier = ImageClassifier.load(model_pt)
-    logits, targets, dropped = collect_logits(
-        classifier.logits, settings.images_dir, classifier.labels, "val"
-    )
-    assert not dropped
-    calibration = calibrate(logits, targets)
-    classifier.temperature = calibration.temperature
-    test_report = evaluate_split(
-        classifier.predict_proba, settings.images_dir, classifier.labels, "test"
-    )
-    registered = log_and_register(
-        settings,
-        run_id,
-        model_pt,
-        calibration=calibration,
-        test_report=test_report,
-        example_images=[rows[0]["image"]],
-    )
+    fingerprint = Fingerprint.of(snapshot, settings, code=note)
+    expectations = {"passed": True, "overridden": False, "suite": "images"}
+    run_id = tracking.start_training_run(settings, snapshot, fingerprint, expectations)
+    registered, _, test_report = register_trained(tracking, snapshot, run_id, model_pt)
     return registered, test_report
 
 
 @pytest.mark.slow
 def test_register_promote_rollback(home: Path, lake_rows, checkpoints) -> None:
     import mlflow
+    import pandas as pd
 
-    from visionloop.training.promotion import NoPreviousChampionError, promote, rollback
-    from visionloop.training.registry import CHALLENGER, client_for, experiment_name
+    from visionloop.registry.promotion import NoPreviousChampionError, promote, rollback
+    from visionloop.registry.tracking import CHALLENGER
 
     settings = _settings(home, promotion={"first_model_floor": 0.0, "min_improvement": 0.0})
-    client = client_for(settings)
-    name = settings.registered_model_name
-    timings: dict[str, float] = {}
+    tracking = Tracking.connect(settings)
+    snapshot = take(settings.lake_dir)
+    client, name = tracking.client, settings.registered_model_name
 
     # v1: an untrained model -> challenger -> first model, above a floor of 0 -> champion
-    start = time.perf_counter()
-    v1, v1_test = _register(settings, checkpoints["untrained"], lake_rows, "untrained")
-    timings["register_v1"] = time.perf_counter() - start
+    v1, v1_test = _register(tracking, settings, snapshot, checkpoints["untrained"], "untrained")
     assert v1.version == "1"
-    assert str(client.get_model_version_by_alias(name, CHALLENGER).version) == "1"
+    assert tracking.alias_version(CHALLENGER) == "1"
     run = client.get_run(v1.run_id)
     assert run.info.status == "FINISHED"
-    assert client.get_experiment(run.info.experiment_id).name == experiment_name(settings)
+    assert client.get_experiment(run.info.experiment_id).name == f"{name}/{MODEL}"
     assert run.data.params["training.model_name"] == MODEL
     assert run.data.params["promotion.first_model_floor"] == "0.0"
     assert run.data.tags["lineage.train_rows"] == "48"
     assert run.data.tags["lineage.batch_ids"] == "b1"
-    assert len(run.data.tags["lineage.train_hash"]) == 64
+    assert run.data.tags["lineage.snapshot_id"] == snapshot.id
+    assert run.data.tags["lineage.train_hash"] == snapshot.train_hash
     assert run.data.tags["lineage.expectations.passed"] == "true"
     assert run.data.tags["lineage.expectations.overridden"] == "false"
     assert run.data.tags["git.commit"] != ""
@@ -310,41 +234,46 @@ def test_register_promote_rollback(home: Path, lake_rows, checkpoints) -> None:
         "eval/test_report.json",
         "eval/calibration.json",
     } <= artifacts
-    version_tags = client.get_model_version(name, "1").tags
-    assert version_tags["lineage.train_hash"] == run.data.tags["lineage.train_hash"]
+    version_tags = tracking.version_tags("1")
+    assert version_tags["lineage.fingerprint"] == run.data.tags["lineage.fingerprint"]
     # Artifacts live beside the SQLite store, not in the cwd.
     assert (home / "mlartifacts").is_dir() and not Path("mlruns").exists()
 
-    start = time.perf_counter()
-    first = promote(settings)
-    timings["promote_v1"] = time.perf_counter() - start
+    first = promote(tracking, settings, snapshot)
     assert first.decision.promoted and first.champion_version is None
     assert first.challenger_report.n == 24
     assert first.challenger_report.macro_f1 == pytest.approx(v1_test.macro_f1)
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    assert client.get_model_version(name, "1").tags["promotion.decision"] == "promoted"
+    assert tracking.alias_version("champion") == "1"
+    assert tracking.version_tags("1")["promotion.decision"] == "promoted"
 
     # v2: trained -> beats v1 -> champion, v1 previous-champion
-    v2, v2_test = _register(settings, checkpoints["trained"], lake_rows, "trained")
+    v2, v2_test = _register(tracking, settings, snapshot, checkpoints["trained"], "trained")
     assert v2_test.accuracy >= 0.9, v2_test
-    second = promote(settings, v2.version)
+    second = promote(tracking, settings, snapshot, v2.version)
     assert second.decision.promoted, second.decision.reason
     assert second.champion_version == "1"
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
-    assert str(client.get_model_version_by_alias(name, "previous-champion").version) == "1"
-    tags = client.get_model_version(name, "2").tags
+    assert tracking.alias_version("champion") == "2"
+    assert tracking.alias_version("previous-champion") == "1"
+    tags = tracking.version_tags("2")
     assert tags["promotion.decision"] == "promoted"
     assert tags["promotion.champion_version"] == "1"
-    assert float(tags["promotion.delta"]) > 0
+    assert json.loads(tags["promotion.numbers"])["delta"] > 0
     assert client.get_run(v2.run_id).data.tags["promotion.decision"] == "promoted"
     assert second.rows[0]["passed"] and len(second.rows) == 1 + len(CLASSES)
+
+    # A retry of the same promotion replays the recorded decision; nothing moves.
+    again = promote(tracking, settings, snapshot, v2.version)
+    assert again.replayed and again.decision == second.decision
+    assert tracking.alias_version("champion") == "2"
+    assert tracking.alias_version("previous-champion") == "1"
 
     # The champion through the stock API, in this process and in a fresh one.
     images, labels = _test_images(lake_rows)
     mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
-    champion = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    import pandas as pd
-
+    try:
+        champion = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
     output = champion.predict(pd.DataFrame({"image": images}))
     assert list(output.columns) == ["label", "probabilities", "confidence"]
     assert (output["label"] == labels).mean() >= 0.9
@@ -363,32 +292,69 @@ def test_register_promote_rollback(home: Path, lake_rows, checkpoints) -> None:
     served = json.loads(response.response)["predictions"]
     assert [row["label"] for row in served] == list(output["label"][:3])
 
-    start = time.perf_counter()
     fresh = _predict_in_fresh_process(settings, images[:6], home)
-    timings["fresh_process_load_predict"] = time.perf_counter() - start
     assert fresh["labels"] == list(output["label"][:6])
-    # The pyfunc code came from the model's own code_paths copy, not the repo checkout.
-    assert fresh["module"].endswith("/code/visionloop/training/pyfunc.py"), fresh
+    # The model's code came from its own code_paths copy, not the repo checkout.
+    assert fresh["module"].endswith("/code/visionloop/registry/served_model.py"), fresh
+    assert fresh["preprocessing"].endswith("/code/visionloop/preprocessing.py"), fresh
     assert not fresh["module"].startswith(str(REPO_ROOT)), fresh
+    model_dir = Path(fresh["module"]).parents[3]  # <model>/code/visionloop/registry/...
+    requirements = (model_dir / "requirements.txt").read_text()
+    assert "torch==" in requirements and "timm==" in requirements and "pillow==" in requirements
 
     # v3: untrained again -> rejected (worse than v2); aliases unchanged
-    v3, _ = _register(settings, checkpoints["untrained"], lake_rows, "weak")
-    third = promote(settings, v3.version)
+    v3, _ = _register(tracking, settings, snapshot, checkpoints["untrained"], "weak")
+    third = promote(tracking, settings, snapshot, v3.version)
     assert not third.decision.promoted
     assert "does not beat" in third.decision.reason
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
-    assert str(client.get_model_version_by_alias(name, "challenger").version) == "3"
-    assert client.get_model_version(name, "3").tags["promotion.decision"] == "rejected"
+    assert tracking.alias_version("champion") == "2"
+    assert tracking.alias_version("challenger") == "3"
+    assert tracking.version_tags("3")["promotion.decision"] == "rejected"
 
     # rollback: champion <- previous-champion, the demoted one is tagged
-    result = rollback(settings)
+    result = rollback(tracking, settings)
     assert (result.champion_version, result.demoted_version) == ("1", "2")
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
-    assert client.get_model_version(name, "2").tags["rolled_back"] == "true"
+    assert tracking.alias_version("champion") == "1"
+    assert tracking.version_tags("2")["rolled_back"] == "true"
     assert "previous-champion" not in client.get_registered_model(name).aliases
     with pytest.raises(NoPreviousChampionError, match="no 'previous-champion' alias"):
-        rollback(settings)
-    print("timings", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+        rollback(tracking, settings)
+    # A rolled-back version is never promoted again, whatever its recorded decision.
+    revived = promote(tracking, settings, snapshot, "2")
+    assert not revived.decision.promoted and "rolled back" in revived.decision.reason
+    assert tracking.alias_version("champion") == "1"
+
+
+@pytest.mark.slow
+def test_promotions_are_serialised_and_finish_an_interrupted_alias_move(
+    home: Path, checkpoints
+) -> None:
+    from visionloop.registry.promotion import Decision, promote, record_decision
+
+    settings = _settings(home, promotion={"first_model_floor": 0.0, "min_improvement": 0.0})
+    tracking = Tracking.connect(settings)
+    snapshot = take(settings.lake_dir)
+    _register(tracking, settings, snapshot, checkpoints["untrained"], "base")
+    promote(tracking, settings, snapshot, "1")
+    for note in ("a", "b"):
+        _register(tracking, settings, snapshot, checkpoints["trained"], note)
+
+    # Two promotions at once: the lock makes the second decide against the first's result.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda v: promote(tracking, settings, snapshot, v), ["2", "3"]))
+    against = sorted(tracking.version_tags(v)["promotion.champion_version"] for v in ("2", "3"))
+    winner = next(r.challenger_version for r in results if r.decision.promoted)
+    assert against == sorted(["1", winner]), against
+    assert tracking.alias_version("champion") == winner
+    assert tracking.alias_version("previous-champion") == "1"
+
+    # A decision recorded just before a crash, aliases not yet moved: the retry finishes it.
+    _register(tracking, settings, snapshot, checkpoints["trained"], "c")
+    record_decision(tracking, "4", Decision(True, "recorded before a crash", {}), winner)
+    replay = promote(tracking, settings, snapshot, "4")
+    assert replay.replayed and replay.decision.reason == "recorded before a crash"
+    assert tracking.alias_version("champion") == "4"
+    assert tracking.alias_version("previous-champion") == winner
 
 
 def _predict_in_fresh_process(settings: Settings, images: list[bytes], home: Path) -> dict:
@@ -397,22 +363,26 @@ def _predict_in_fresh_process(settings: Settings, images: list[bytes], home: Pat
         textwrap.dedent(
             """
             import base64, json, sys
-            import mlflow.pyfunc
+            import mlflow, mlflow.pyfunc
             import pandas as pd
 
-            name, payload = sys.argv[1], json.loads(sys.stdin.read())
+            uri, name, payload = sys.argv[1], sys.argv[2], json.loads(sys.stdin.read())
+            mlflow.set_tracking_uri(uri)
             model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
             images = [base64.b64decode(item) for item in payload]
             output = model.predict(pd.DataFrame({"image": images}))
-            module = sys.modules["visionloop.training.pyfunc"].__file__
-            print(json.dumps({"labels": list(output["label"]), "module": module}))
+            print(json.dumps({
+                "labels": list(output["label"]),
+                "module": sys.modules["visionloop.registry.served_model"].__file__,
+                "preprocessing": sys.modules["visionloop.preprocessing"].__file__,
+            }))
             """
         )
     )
-    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VISIONLOOP_")}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        [sys.executable, str(script), settings.registered_model_name],
+        [sys.executable, str(script), settings.resolved_mlflow_uri, settings.registered_model_name],
         input=json.dumps([base64.b64encode(image).decode() for image in images]),
         capture_output=True,
         text=True,
@@ -427,27 +397,25 @@ def _predict_in_fresh_process(settings: Settings, images: list[bytes], home: Pat
 
 @pytest.mark.slow
 def test_failed_registration_leaves_nothing(
-    home: Path, lake_rows, checkpoints, monkeypatch: pytest.MonkeyPatch
+    home: Path, checkpoints, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
 
-    from visionloop.training.registry import (
-        RegistrationError,
-        client_for,
-        log_and_register,
-        start_training_run,
-    )
+    from visionloop.registry.challenger import register_trained
+    from visionloop.registry.served_model import RegistrationError
 
     settings = _settings(home)
-    run_id = start_training_run(settings)
+    tracking = Tracking.connect(settings)
+    snapshot = take(settings.lake_dir)
+    run_id = tracking.start_training_run(settings, snapshot, Fingerprint.of(snapshot, settings))
 
     def broken(self, name, alias, version):
         raise RuntimeError("alias service down")
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", broken)
     with pytest.raises(RegistrationError, match="partial registration was removed"):
-        log_and_register(settings, run_id, checkpoints["trained"])
-    client = client_for(settings)
+        register_trained(tracking, snapshot, run_id, checkpoints["trained"])
+    client = tracking.client
     assert client.search_model_versions(f"name='{settings.registered_model_name}'") == []
     assert client.search_registered_models() == []
     assert client.get_run(run_id).info.status == "FAILED"
@@ -459,31 +427,36 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_unreachable_tracking_server_fails_fast(home: Path, checkpoints) -> None:
-    from visionloop.training.promotion import promote, rollback
-    from visionloop.training.registry import (
-        TrackingUnavailableError,
-        log_and_register,
-        start_training_run,
-    )
+def test_unreachable_tracking_server_is_named_with_the_fix_and_no_credentials(home: Path) -> None:
+    from visionloop.registry.tracking import TrackingUnavailableError
 
-    uri = f"http://127.0.0.1:{_closed_port()}"
-    settings = _settings(home, mlflow_tracking_uri=uri)
-    calls = [
-        lambda: start_training_run(settings),
-        lambda: log_and_register(settings, "0" * 32, checkpoints["trained"]),
-        lambda: promote(settings, "1"),
-        lambda: rollback(settings),
-    ]
-    for call in calls:
-        start = time.perf_counter()
-        with pytest.raises(TrackingUnavailableError) as info:
-            call()
-        assert time.perf_counter() - start < 5
-        message = str(info.value)
-        assert uri in message
-        assert (
-            "VISIONLOOP_MLFLOW_TRACKING_URI" in message and "start the tracking server" in message
-        )
+    port = _closed_port()
+    settings = _settings(home, mlflow_tracking_uri=f"http://alice:s3cret@127.0.0.1:{port}")
+    with pytest.raises(TrackingUnavailableError) as info:
+        Tracking.connect(settings)
+    message = str(info.value)
+    assert f"http://***@127.0.0.1:{port}" in message and "s3cret" not in message
+    assert "VISIONLOOP_MLFLOW_TRACKING_URI" in message and "start the tracking server" in message
     # Nothing was created locally either.
     assert not (home / "mlflow.db").exists() and not (home / "mlartifacts").exists()
+
+
+def test_logged_settings_never_hold_the_tracking_credentials(home: Path) -> None:
+    from visionloop.registry.tracking import redact, redacted_settings
+
+    uri = "https://bob:pa55@mlflow.example:5000/path?x=1"
+    assert redact(uri) == "https://***@mlflow.example:5000/path?x=1"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    logged = redacted_settings(_settings(home, mlflow_tracking_uri=uri))
+    assert "pa55" not in json.dumps(logged)
+
+    # The same through a real run against the SQLite store: params and settings artifact.
+    settings = _settings(home)
+    tracking = Tracking.connect(settings)
+    snapshot = take(settings.lake_dir)
+    secret = settings.model_copy(update={"mlflow_tracking_uri": uri})
+    run_id = tracking.start_training_run(secret, snapshot, Fingerprint.of(snapshot, settings))
+    run = tracking.client.get_run(run_id)
+    assert run.data.params["mlflow_tracking_uri"] == "https://***@mlflow.example:5000/path?x=1"
+    logged_file = tracking.client.download_artifacts(run_id, "settings.json", str(home))
+    assert "pa55" not in Path(logged_file).read_text()

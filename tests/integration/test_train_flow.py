@@ -1,4 +1,8 @@
-"""The train flow end to end: real Prefect (ephemeral API), torchrun, MLflow on SQLite."""
+"""The train flow's rules, end to end: real Prefect (ephemeral API), torchrun, MLflow on SQLite.
+
+force always trains a new version; a rolled-back or rejected version is never promoted
+again; an unchanged training split skips with its reason; a changed recipe or code trains.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from flows.train import train
 from tests import lakes
+from visionloop.flows.train import train
 from visionloop.parameters import TrainParameters
-from visionloop.training.pipeline import champion_tags
+from visionloop.registry.promotion import rollback
+from visionloop.registry.tracking import Tracking
+from visionloop.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -23,33 +29,86 @@ TINY_TRAINING = {
     "nproc_per_node": 1,
     "rand_augment": None,
 }
+#: A learning rate that leaves the model at its random start: a reliably bad model.
+FROZEN = {**TINY_TRAINING, "lr": 1e-9}
 
 
-def test_trains_promotes_then_skips_unchanged_data(tmp_path: Path) -> None:
-    settings = lakes.tiny_lake(
+def _run(settings: Settings, tmp_path: Path, **params: object) -> dict:
+    config = settings.save(tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}")
+    return train(TrainParameters(config=str(config), **params))
+
+
+def _with(settings: Settings, training: dict) -> Settings:
+    return settings.model_copy(update={"training": settings.training.model_validate(training)})
+
+
+def test_force_rollback_rejection_and_recipe_rules(tmp_path: Path) -> None:
+    good = lakes.tiny_lake(
         tmp_path / "home",
         labelled=160,
         unlabelled=10,
         classes=(1, 8),  # trouser vs bag: learnable in one short epoch
         training=TINY_TRAINING,
+        # A random model may predict one class only: its recall there must not block v2.
+        promotion={"first_model_floor": 0.0, "max_recall_drop": 1.0},
+    )
+    frozen = _with(good, FROZEN)
+    tracking = Tracking.connect(good)
+
+    first = _run(frozen, tmp_path)  # v1: the bad model, promoted as the first model
+    assert first["trained"] and first["promotion"]["promoted"]
+    assert first["plan"]["reason"] == "no champion yet"
+
+    unchanged = _run(frozen, tmp_path)
+    assert not unchanged["trained"] and unchanged["plan"]["action"] == "skip"
+    assert "unchanged" in unchanged["skip_reason"]
+    assert "since champion v1" in unchanged["skip_reason"]
+
+    better = _run(good, tmp_path)  # a changed recipe trains, and v2 beats v1
+    assert better["plan"]["reason"] == "recipe changed since champion v1"
+    assert better["promotion"]["promoted"], better["promotion"]
+    assert better["champion"]["version"] == "2"
+
+    rollback(tracking, good)  # v2 out, v1 back
+    after_rollback = _run(good, tmp_path)
+    assert not after_rollback["trained"]
+    assert "v2, which was rolled back" in after_rollback["skip_reason"]
+    assert tracking.alias_version("champion") == "1"
+
+    forced = _run(good, tmp_path, force=True)  # force trains a new version, never the cache
+    assert forced["trained"] and forced["challenger"]["version"] == "3"
+    assert forced["plan"]["reason"] == "forced: train a new version"
+    assert forced["promotion"]["promoted"] and tracking.alias_version("champion") == "3"
+
+    worse = _run(_with(good, {**FROZEN, "lr": 2e-9}), tmp_path)  # a worse challenger
+    assert worse["trained"] and not worse["promotion"]["promoted"]
+    assert "does not beat" in worse["promotion"]["reason"]
+    assert tracking.alias_version("champion") == "3"
+    again = _run(_with(good, {**FROZEN, "lr": 2e-9}), tmp_path)
+    assert not again["trained"] and "(rejected:" in again["skip_reason"]
+
+    # v2 and v3 as if older code had trained them: the same split and recipe train again.
+    for version in ("2", "3"):
+        for tag in ("lineage.code_hash", "lineage.fingerprint"):
+            tracking.client.set_model_version_tag(good.registered_model_name, version, tag, "old")
+    new_code = _run(good, tmp_path, promote=False)
+    assert new_code["trained"] and new_code["plan"]["reason"] == "code changed since champion v3"
+
+
+def test_new_labelled_images_train_a_new_challenger(tmp_path: Path) -> None:
+    settings = lakes.tiny_lake(
+        tmp_path / "home",
+        labelled=160,
+        unlabelled=10,
+        classes=(1, 8),
+        training=TINY_TRAINING,
         promotion={"first_model_floor": 0.0},
     )
-    config = settings.save(tmp_path / "config")
-    params = TrainParameters(config=str(config))
-
-    first = train(params)
+    first = _run(settings, tmp_path)
     assert first["trained"]
-    assert first["promotion"]["promoted"]
-    version, tags = champion_tags(settings)
-    assert version == first["challenger"]["version"]
-    assert tags["lineage.train_hash"]
-
-    second = train(params)
-    assert second == {"trained": False, "skip_reason": second["skip_reason"]}
-    assert "unchanged since champion" in second["skip_reason"]
-
     rows = lakes.image_rows(20, size=32, classes=(1, 8), offset=5000)
-    lakes.write_images_table(settings.images_dir, rows, batch_id="b-new")
-    third = train(TrainParameters(config=str(config), promote=False))
-    assert third["trained"]
-    assert third["challenger"]["version"] != version
+    lakes.commit_rows(settings, rows, batch_id="b-new")
+    second = _run(settings, tmp_path, promote=False)
+    assert second["trained"] and second["challenger"]["version"] == "2"
+    assert second["plan"]["reason"] == "training split changed since champion v1"
+    assert second["snapshot_id"] != first["snapshot_id"]

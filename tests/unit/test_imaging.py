@@ -14,8 +14,8 @@ from PIL import Image, ImageFile, ImageOps
 
 from tests import corpus
 from tests.corpus import CorpusEntry, build_bad_corpus
-from visionloop.contract import Reason
-from visionloop.imaging import (
+from visionloop.lake.contract import Reason
+from visionloop.preprocessing import (
     ImageOptions,
     ProcessedImage,
     Rejection,

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from visionloop import lake
-from visionloop.contract import split_for
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from visionloop.lake import commit as lake
+from visionloop.lake import label_map
+from visionloop.lake.contract import split_for
 from visionloop.settings import SplitFractions, load_settings
 
 
-def _stage_with_files(settings, batch_id: str) -> lake.BatchStaging:
+def _stage_with_files(settings, batch_id: str, labels=("cat",)) -> lake.BatchStaging:
     staging = lake.stage(settings, batch_id)
     for name in ("images", "quarantine"):
         staging.table(name).mkdir()
-        (staging.table(name) / "part-0.parquet").write_bytes(b"data")
+        table = pa.table({"label": pa.array(list(labels), pa.string())})
+        pq.write_table(table, staging.table(name) / "part-0.parquet")
     return staging
 
 
@@ -49,6 +54,21 @@ def test_held_batch_stays_out_of_the_lake(tmp_path: Path) -> None:
     assert (held / "images" / "part-0.parquet").exists()
     assert not lake.has_rows(settings)
     assert lake.recover(settings) == []
+
+
+def test_label_map_appends_new_classes_and_never_reindexes(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path)
+    _stage_with_files(settings, "b1", labels=("dog", "cat", None))
+    lake.commit(settings, "b1", {"batch_id": "b1"})
+    assert label_map.read(settings.lake_dir) == ("cat", "dog")
+    _stage_with_files(settings, "b2", labels=("ant", "dog", "bee"))
+    lake.commit(settings, "b2", {"batch_id": "b2"})
+    assert label_map.read(settings.lake_dir) == ("cat", "dog", "ant", "bee")  # appended
+    configured = settings.model_copy(update={"classes": ["zebra", "cat", "yak"]})
+    _stage_with_files(configured, "b3", labels=("cat", "eel"))
+    lake.commit(configured, "b3", {"batch_id": "b3"})
+    assert label_map.read(settings.lake_dir) == ("cat", "dog", "ant", "bee", "zebra", "yak", "eel")
+    assert label_map.extended((), ["b", "a"], ["c", "a"]) == ("b", "a", "c")
 
 
 def test_split_is_a_stable_function_of_the_id() -> None:

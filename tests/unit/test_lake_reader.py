@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,11 @@ import pytest
 import torch
 
 from tests.lakes import tiny_lake
+from visionloop.lake.snapshot import take
 from visionloop.training.lake_reader import (
     LakeDataset,
     LakeIndex,
     LakeReadError,
-    list_parquet_files,
     make_loader,
     rank_counts,
 )
@@ -31,12 +32,12 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[LakeIndex, pa.Table]
     settings = tiny_lake(
         tmp_path_factory.mktemp("lake"), labelled=300, unlabelled=60, size=SIZE, row_group_rows=25
     )
-    files = list_parquet_files(settings.images_dir)
+    snapshot = take(settings.lake_dir)
     # The whole table, read here only to check the reader against it (tests only).
     table = pa.concat_tables(
-        pq.read_table(path, columns=["image_id", "label", "split"]) for path in files
+        pq.read_table(path, columns=["image_id", "label", "split"]) for path in snapshot.paths
     )
-    return LakeIndex.scan(files), table
+    return LakeIndex.scan(snapshot), table
 
 
 def _spec(index: LakeIndex) -> ModelSpec:
@@ -175,7 +176,7 @@ def test_reading_holds_at_most_a_window_of_row_groups(tmp_path: Path) -> None:
     far below a materialised table, with room for those buffers.
     """
     settings = tiny_lake(tmp_path, labelled=1600, unlabelled=0, size=64, row_group_rows=50)
-    index = LakeIndex.scan(list_parquet_files(settings.images_dir))
+    index = LakeIndex.scan(take(settings.lake_dir))
     table_bytes = sum(pq.ParquetFile(path).read(columns=["image"]).nbytes for path in index.files)
     assert index.num_groups >= 32
     spec = ModelSpec("resnet10t", index.labels, 64, (0.5,) * 3, (0.5,) * 3)
@@ -221,10 +222,14 @@ def test_rank_counts(total, world, batch, drop_last, cap, expected) -> None:
     assert rank_counts(total, world, batch, drop_last, cap) == expected
 
 
-def test_missing_table_and_unknown_labels_are_clear_errors(lake, tmp_path: Path) -> None:
-    with pytest.raises(LakeReadError, match="no images table"):
-        list_parquet_files(tmp_path / "nowhere")
-    index, _ = lake
-    with pytest.raises(LakeReadError, match=r"outside settings\.classes"):
-        LakeIndex.scan(index.files, classes=["bag"])
+def test_classes_follow_the_label_map_and_errors_are_clear(lake, tmp_path: Path) -> None:
+    with pytest.raises(LakeReadError, match="has no images"):
+        LakeIndex.scan(take(tmp_path / "nowhere"))
+    index, table = lake
+    snapshot = take(Path(index.files[0]).parents[2])
+    assert index.labels == snapshot.classes  # the label map's order, not re-sorted
+    assert set(index.labels) == set(table.column("label").drop_null().to_pylist())
+    partial = dataclasses.replace(snapshot, classes=("bag",))
+    with pytest.raises(LakeReadError, match="missing from its label map"):
+        LakeIndex.scan(partial)
     assert np.all(index.group_offset[1:] > index.group_offset[:-1])

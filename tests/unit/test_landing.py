@@ -9,14 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from visionloop.contract import Reason
-from visionloop.landing import (
+from visionloop.ingest.landing import (
     LandingError,
     LandingSource,
     enumerate_source,
     resolve_layout,
     write_listing,
 )
+from visionloop.lake.contract import Reason
 
 
 def _touch(path: Path, data: bytes = b"x") -> Path:
@@ -59,6 +59,27 @@ def test_links_fifos_and_loops_become_problems(tmp_path: Path) -> None:
         "dangling.png": Reason.MISSING,
         "pipe.png": Reason.NOT_A_FILE,
         "up": Reason.SYMLINK_LOOP,
+    }
+
+
+def test_imagefolder_links_out_of_the_root_are_quarantined(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    outside = tmp_path / "elsewhere"
+    _touch(root / "cat" / "ok.png")
+    _touch(outside / "secret.png")
+    _touch(outside / "more" / "x.png")
+    os.symlink(outside / "secret.png", root / "cat" / "secret.png")
+    os.symlink(outside / "more", root / "cat" / "more")
+    os.symlink("ok.png", root / "cat" / "alias.png")  # inside the root: fine
+    problems = {
+        Path(e.uri).name: e.problem
+        for e in enumerate_source(LandingSource(path=str(root), layout="imagefolder"))
+    }
+    assert problems == {
+        "ok.png": None,
+        "alias.png": None,
+        "secret.png": Reason.OUTSIDE_ROOT,
+        "more": Reason.OUTSIDE_ROOT,  # the folder link itself; nothing under it is read
     }
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from visionloop import lake, locks
+from visionloop import locks
+from visionloop.lake import commit as lake
 from visionloop.settings import load_settings
 from visionloop.training.checkpoint import RunLockedError, lock_run
 

@@ -12,6 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from tests.lakes import fashion_mnist, to_rgb_image
+from visionloop.preprocessing import ImageOptions
 from visionloop.training.models import (
     PACKAGED_MODEL,
     PretrainedWeightsError,
@@ -88,7 +89,7 @@ def test_a_trained_model_file_seeds_a_new_head(tmp_path: Path) -> None:
     donor = create_model("resnet10t", num_classes=5)
     spec = model_spec(donor, "resnet10t", ["a", "b", "c", "d", "e"], 32)
     path = tmp_path / "model.pt"
-    torch.save(spec.checkpoint(donor.state_dict()), path)
+    torch.save(spec.checkpoint(donor.state_dict(), OPTIONS.to_dict()), path)
     model = create_model("resnet10t", num_classes=2, pretrained=path)
     donor_state = donor.state_dict()
     for key, value in model.state_dict().items():
@@ -103,10 +104,27 @@ def test_spec_takes_mean_and_std_from_the_pretrained_config() -> None:
     spec = model_spec(model, PACKAGED_MODEL, ["x", "y"], 64)
     assert spec.mean == (0.5, 0.5, 0.5) and spec.std == (0.5, 0.5, 0.5)
     assert spec.label_map() == {"labels": ["x", "y"], "label_to_index": {"x": 0, "y": 1}}
-    checkpoint = spec.checkpoint(model.state_dict())
+    checkpoint = spec.checkpoint(model.state_dict(), OPTIONS.to_dict())
     assert set(checkpoint) == {
-        "model_name", "num_classes", "labels", "input_size", "mean", "std", "state_dict"
+        "model_name", "num_classes", "labels", "input_size", "mean", "std", "image_options",
+        "state_dict",
     }  # fmt: skip
+    assert checkpoint["image_options"]["size"] == 64
+
+
+class _NotATensor:
+    """Anything a pickle could carry besides tensors: never unpickled from a weights file."""
+
+
+def test_weights_files_are_loaded_as_tensors_only(tmp_path: Path) -> None:
+    donor = create_model("resnet10t", num_classes=5)
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": donor.state_dict(), "extra": _NotATensor()}, path)
+    with pytest.raises(PretrainedWeightsError, match="only weights_only files are trusted"):
+        create_model("resnet10t", num_classes=2, pretrained=path)
+
+
+OPTIONS = ImageOptions(size=64, image_format="PNG")
 
 
 def _pooled_features(model: torch.nn.Module, pixels: np.ndarray, size: int) -> np.ndarray:

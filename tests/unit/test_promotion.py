@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from visionloop.registry.promotion import Decision, decide
 from visionloop.settings import PromotionSettings
 from visionloop.training.evaluate import EvalReport
-from visionloop.training.promotion import Decision, decide
 
 
 def _report(macro_f1: float, recalls: dict[str, float], accuracy: float | None = None):

@@ -15,16 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from visionloop.contract import IMAGES_SCHEMA, split_for
+from visionloop.lake.contract import IMAGES_SCHEMA, split_for
+from visionloop.quality.aggregates import batch_columns, batch_frame, table_file_stats
+from visionloop.quality.gate import QualityGateError, enforce, run_gate, split_bounds
 from visionloop.settings import Settings, SplitFractions, load_settings
-from visionloop.validation import (
-    QualityGateError,
-    enforce,
-    expected_columns,
-    run_gate,
-    split_bounds,
-    table_frame,
-)
 
 
 @cache
@@ -81,17 +75,31 @@ def _failed(result, severity: str = "critical") -> set[tuple[str, str, str | Non
     return {(o.suite, o.expectation, o.column) for o in failures}
 
 
-def test_table_frame_has_lengths_and_batches_not_bytes(tmp_path: Path) -> None:
+def test_batch_frame_has_lengths_not_bytes(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path)
     _write(settings.images_dir / "batch_id=b1", _rows(range(3)), row_group_size=1)
-    _commit(settings, "b2", _rows(range(3, 5)))
-    frame = table_frame(settings.images_dir)
-    assert list(frame.columns) == expected_columns()
-    assert "image" not in frame.columns
-    assert frame["image_nbytes"].tolist() == [len(_png())] * 5
-    assert frame["batch_id"].tolist() == ["b1"] * 3 + ["b2"] * 2
-    assert len(table_frame(settings.images_dir, "b2")) == 2
-    assert list(table_frame(tmp_path / "none").columns) == expected_columns()
+    frame = batch_frame(sorted((settings.images_dir / "batch_id=b1").glob("*.parquet")), "b1")
+    assert list(frame.columns) == batch_columns()
+    assert frame["image_nbytes"].tolist() == [len(_png())] * 3
+    assert frame["batch_id"].tolist() == ["b1"] * 3
+    assert list(batch_frame([], "none").columns) == batch_columns()
+
+
+def test_table_is_read_as_one_row_of_aggregates_per_file(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path)
+    _write(settings.images_dir / "batch_id=b1", _rows(range(3)), row_group_size=1)
+    _commit(settings, "b2", _rows(range(3, 5), width=7))
+    _stage(settings, "b3", _rows(range(4, 7), labels=(None,)))  # id 4 is in b2 already
+    stats = table_file_stats(settings, "b3")
+    frame = stats.frame({"cat"})
+    assert frame["batch_id"].tolist() == ["b1", "b2", "b3"]
+    assert frame["rows"].tolist() == [3, 2, 3]
+    assert frame["schema_matches"].tolist() == [True, True, True]
+    assert frame["ids_in_other_files"].tolist() == [0, 1, 1]
+    assert frame["labels_not_allowed"].tolist() == [1, 1, 0]  # the dogs
+    assert frame["min_width"].tolist() == [32, 7, 32]
+    assert stats.rows == 8 and stats.prior_labels == {"cat", "dog"}
+    assert stats.class_counts == {"cat": 3, "dog": 2}
 
 
 def test_split_tolerance_widens_for_small_samples() -> None:
@@ -131,13 +139,15 @@ def test_duplicate_id_fails_critically_until_an_operator_accepts_it(tmp_path: Pa
     _stage(settings, "b2", _rows(range(4, 8)))
     result = run_gate(settings, "b2", files_in=4, quarantined=0)
     assert not result.passed
-    assert _failed(result) == {("images_table", "expect_column_values_to_be_unique", "image_id")}
+    assert _failed(result) == {
+        ("images_table", "expect_column_values_to_be_between", "ids_in_other_files")
+    }
     assert result.data_docs.is_file() and "images_table" in str(result.data_docs)
     with pytest.raises(QualityGateError) as raised:
         enforce(result)
     message = str(raised.value)
     assert f"images_table (Data Docs: {result.data_docs})" in message
-    assert "- expect_column_values_to_be_unique(image_id): image_id is unique" in message
+    assert "- expect_column_values_to_be_between(ids_in_other_files): image_id is unique" in message
     assert str(result.data_docs) in message and "--accept-failing-batch" in message
 
     accepted = run_gate(settings, "b2", files_in=4, quarantined=0, accept_failing_batch=True)
@@ -162,16 +172,21 @@ def test_unexpected_label_is_a_warning_unless_classes_are_configured(tmp_path: P
     closed = settings.model_copy(update={"classes": ["cat", "dog"]})
     closed_set = run_gate(closed, "b2", files_in=3, quarantined=0)
     assert not closed_set.passed and not closed_set.warnings
-    assert _failed(closed_set) == {label_check, ("images_table", *label_check[1:])}
+    table_check = ("images_table", "expect_column_values_to_be_between", "labels_not_allowed")
+    assert _failed(closed_set) == {label_check, table_check}
 
 
 def test_width_out_of_range_fails(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
     _stage(settings, "b1", _rows(range(4)) + _rows(range(4, 5), width=4))
     result = run_gate(settings, "b1", files_in=5, quarantined=0)
-    width = ("expect_column_values_to_be_between", "width")
-    assert _failed(result) == {("images_batch", *width), ("images_table", *width)}
-    assert "1 of 5 rows unexpected" in result.critical_failures[0].observed
+    between = "expect_column_values_to_be_between"
+    assert _failed(result) == {
+        ("images_batch", between, "width"),
+        ("images_table", between, "min_width"),
+    }
+    batch_failure = next(o for o in result.critical_failures if o.suite == "images_batch")
+    assert "1 of 5 rows unexpected" in batch_failure.observed
 
 
 def test_skewed_splits_fail_on_a_large_table_not_a_small_batch(tmp_path: Path) -> None:

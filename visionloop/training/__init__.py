@@ -1,1 +1,1 @@
-"""Model training, evaluation, tracking and promotion."""
+"""Training: models, transforms, the lake reader, the DDP loop under torchrun, calibration."""

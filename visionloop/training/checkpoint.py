@@ -93,9 +93,12 @@ class TrainState:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values, so checkpoints load ``weights_only``."""
+    version, internal, gauss = random.getstate()
+    name, key, position, has_gauss, cached = np.random.get_state(legacy=True)
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [name, torch.from_numpy(key.astype(np.int64)), position, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -104,8 +107,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    name, key, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -122,5 +127,5 @@ def state_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def load(path: Path) -> dict[str, Any]:
-    # weights_only=False: the checkpoint holds RNG states (tuples, numpy arrays); it is ours.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint: tensors and plain values only (``weights_only``), never arbitrary pickles."""
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -19,9 +19,9 @@ class RunPaths:
         return self.root / "settings.yaml"
 
     @property
-    def manifest(self) -> Path:
-        """The Parquet files this run trains on: fixed at the start, reused on resume."""
-        return self.root / "data-manifest.json"
+    def snapshot(self) -> Path:
+        """The frozen lake snapshot this run trains on (written by the launcher)."""
+        return self.root / "snapshot.json"
 
     @property
     def checkpoint(self) -> Path:

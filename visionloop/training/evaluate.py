@@ -1,22 +1,19 @@
-"""Evaluation on a frozen lake split: a streaming reader and the metrics a promotion needs.
+"""Evaluation on a split of a frozen lake snapshot: the metrics a promotion needs.
 
-The reader walks the images table one Parquet row group at a time: it reads the small
-``split``/``label`` columns first and the ``image`` column only for row groups that hold
-wanted rows, so the whole table is never in memory.
+Rows stream through :meth:`~visionloop.lake.snapshot.LakeSnapshot.labelled`, so the table
+is never in memory whole; the metrics are scikit-learn's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
+from sklearn import metrics
 
+from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.training.calibration import ECE_BINS, expected_calibration_error
 
 SUPPORTED_METRICS = ("macro_f1", "accuracy")
@@ -91,7 +88,7 @@ def report_from_predictions(
     probabilities: np.ndarray | None = None,
     split: str | None = None,
 ) -> EvalReport:
-    """Accuracy, macro-F1, per-class P/R/F1, confusion and (given probabilities) 15-bin ECE.
+    """Accuracy, macro-F1, per-class P/R/F1, confusion (scikit-learn) and 15-bin ECE.
 
     ``predicted`` holds indices into ``labels`` (the model's label order). True labels the
     model does not know are appended to the label list; they count as errors. Macro-F1
@@ -105,138 +102,92 @@ def report_from_predictions(
     y_pred = np.asarray(predicted, dtype=np.int64)
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
-    k = len(all_labels)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    tp = np.diag(confusion).astype(np.float64)
-    support = confusion.sum(axis=1)
-    predicted_count = confusion.sum(axis=0)
-    per_class: dict[str, dict[str, float | int | None]] = {}
-    f1s = []
-    for i, label in enumerate(all_labels):
-        precision = tp[i] / predicted_count[i] if predicted_count[i] else 0.0
-        recall = tp[i] / support[i] if support[i] else None
-        r = recall or 0.0
-        f1 = 2 * precision * r / (precision + r) if precision + r else 0.0
-        per_class[label] = {
-            "precision": float(precision),
-            "recall": None if recall is None else float(recall),
-            "f1": float(f1),
+    every = list(range(len(all_labels)))
+    confusion = metrics.confusion_matrix(y_true, y_pred, labels=every)
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=every, zero_division=0
+    )
+    per_class: dict[str, dict[str, float | int | None]] = {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]) if support[i] else None,
+            "f1": float(f1[i]),
             "support": int(support[i]),
         }
-        if support[i] or predicted_count[i]:
-            f1s.append(f1)
+        for i, label in enumerate(all_labels)
+    }
+    present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     n = len(y_true)
-    ece = None
-    if probabilities is not None and n:
-        known = y_true < len(labels)
-        # ECE over rows whose true class the model can express.
-        ece = (
-            expected_calibration_error(probabilities[known], y_true[known], ECE_BINS)
-            if known.any()
-            else None
-        )
     return EvalReport(
-        accuracy=float(tp.sum() / n) if n else 0.0,
-        macro_f1=float(np.mean(f1s)) if f1s else 0.0,
+        accuracy=float(metrics.accuracy_score(y_true, y_pred)) if n else 0.0,
+        macro_f1=float(
+            metrics.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+        )
+        if n
+        else 0.0,
         per_class=per_class,
         confusion=confusion.tolist(),
         labels=all_labels,
         n=n,
-        ece=ece,
+        ece=_ece(probabilities, y_true, len(labels)),
         split=split,
     )
 
 
-def images_files(images_dir: Path) -> list[Path]:
-    """The committed Parquet files of the images table, in a stable order."""
-    return sorted(Path(images_dir).glob("batch_id=*/*.parquet"))
+def _ece(probabilities: np.ndarray | None, y_true: np.ndarray, known: int) -> float | None:
+    """ECE over the rows whose true class the model can express."""
+    if probabilities is None or not len(y_true):
+        return None
+    rows = y_true < known
+    if not rows.any():
+        return None
+    return expected_calibration_error(probabilities[rows], y_true[rows], ECE_BINS)
 
 
-def iter_labelled(
-    images_dir: Path, split: str, batch_size: int = 256
-) -> Iterator[tuple[list[bytes], list[str]]]:
-    """Yield ``(images, labels)`` batches of a split's labelled rows, one row group at a time."""
-    images: list[bytes] = []
-    labels: list[str] = []
-    for path in images_files(images_dir):
-        parquet = pq.ParquetFile(path)
-        for group in range(parquet.num_row_groups):
-            keys = parquet.read_row_group(group, columns=["split", "label"])
-            mask = pc.and_(
-                pc.fill_null(pc.equal(keys["split"], pa.scalar(split)), False),
-                pc.is_valid(keys["label"]),
-            )
-            if not pc.any(mask).as_py():
-                continue
-            wanted = parquet.read_row_group(group, columns=["image"]).filter(mask)
-            images.extend(wanted["image"].to_pylist())
-            labels.extend(keys["label"].filter(mask).to_pylist())
-            while len(images) >= batch_size:
-                yield images[:batch_size], labels[:batch_size]
-                images, labels = images[batch_size:], labels[batch_size:]
-    if images:
-        yield images, labels
-
-
-def evaluate_split(
+def evaluate_snapshot(
     predict_proba: ProbabilityFn,
-    images_dir: Path,
+    snapshot: LakeSnapshot,
     labels: Sequence[str],
     split: str = "test",
     batch_size: int = 256,
 ) -> EvalReport:
-    """Evaluate a predictor (images -> probabilities in ``labels`` order) on a lake split."""
+    """Evaluate a predictor (images -> probabilities in ``labels`` order) on a snapshot split."""
     true_labels: list[str] = []
-    predicted: list[np.ndarray] = []
     probabilities: list[np.ndarray] = []
-    for images, batch_labels in iter_labelled(images_dir, split, batch_size):
-        probs = np.asarray(predict_proba(images), dtype=np.float64)
-        if probs.shape != (len(images), len(labels)):
+    for batch in snapshot.labelled(split, batch_size):
+        probs = np.asarray(predict_proba(batch["image"]), dtype=np.float64)
+        if probs.shape != (len(batch["image"]), len(labels)):
             raise EvaluationError(
-                f"predictor returned shape {probs.shape} for {len(images)} images and "
+                f"predictor returned shape {probs.shape} for {len(batch['image'])} images and "
                 f"{len(labels)} labels"
             )
-        true_labels.extend(batch_labels)
-        predicted.append(probs.argmax(axis=1))
+        true_labels += batch["label"]
         probabilities.append(probs)
     if not true_labels:
         raise EvaluationError(
-            f"no labelled rows in split {split!r} under {images_dir}; ingest labelled data first"
+            f"no labelled rows in split {split!r} of lake snapshot {snapshot.id}; "
+            "ingest labelled data first"
         )
+    stacked = np.concatenate(probabilities)
     return report_from_predictions(
-        true_labels,
-        np.concatenate(predicted),
-        labels,
-        probabilities=np.concatenate(probabilities),
-        split=split,
+        true_labels, stacked.argmax(axis=1), labels, probabilities=stacked, split=split
     )
 
 
 def collect_logits(
     logits_fn: Callable[[list[bytes]], np.ndarray],
-    images_dir: Path,
+    snapshot: LakeSnapshot,
     labels: Sequence[str],
     split: str = "val",
     batch_size: int = 256,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Logits and label indices of a split's labelled rows (for fitting a temperature).
-
-    Rows whose label the model does not know are dropped (they cannot be calibrated);
-    their labels are returned as the third item so the caller can report them.
-    """
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and label indices of a snapshot split's labelled rows (to fit a temperature)."""
     index = {str(label): i for i, label in enumerate(labels)}
     chunks: list[np.ndarray] = []
     targets: list[int] = []
-    dropped: list[str] = []
-    for images, batch_labels in iter_labelled(images_dir, split, batch_size):
-        keep = [i for i, label in enumerate(batch_labels) if label in index]
-        dropped.extend(label for label in batch_labels if label not in index)
-        if keep:
-            chunks.append(np.asarray(logits_fn([images[i] for i in keep])))
-            targets.extend(index[batch_labels[i]] for i in keep)
+    for batch in snapshot.labelled(split, batch_size):
+        chunks.append(np.asarray(logits_fn(batch["image"])))
+        targets += [index[label] for label in batch["label"]]
     if not chunks:
-        raise EvaluationError(
-            f"no labelled rows with known labels in split {split!r} under {images_dir}"
-        )
-    return np.concatenate(chunks), np.asarray(targets, dtype=np.int64), dropped
+        raise EvaluationError(f"no labelled rows in split {split!r} of snapshot {snapshot.id}")
+    return np.concatenate(chunks), np.asarray(targets, dtype=np.int64)

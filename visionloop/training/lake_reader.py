@@ -1,9 +1,10 @@
-"""Read labelled images from the lake's Parquet images table, sharded for DDP and workers.
+"""Read labelled images of a lake snapshot, sharded for DDP and workers.
 
 The table is never loaded whole. :meth:`LakeIndex.scan` reads only the ``label`` and
-``split`` columns, one row group at a time, and keeps the positions of labelled rows (a few
-bytes per row). :class:`LakeDataset` then reads the ``image`` column of at most
-``window`` row groups at a time and decodes inside the DataLoader workers.
+``split`` columns of the snapshot's files, one row group at a time, and keeps the positions
+of labelled rows (a few bytes per row); class indices are the lake's label map.
+:class:`LakeDataset` then reads the ``image`` column of at most ``window`` row groups at a
+time and decodes inside the DataLoader workers.
 
 Each epoch's sample order is a pure function of ``(seed, epoch)``: the row groups are
 permuted, cut into windows of ``window`` consecutive groups, and the rows of each window are
@@ -16,7 +17,6 @@ rank's batches are dealt to its workers in contiguous blocks of whole batches.
 from __future__ import annotations
 
 import functools
-import io
 import math
 import multiprocessing
 import multiprocessing.context
@@ -25,18 +25,17 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from visionloop.contract import SPLITS
+from visionloop.lake.contract import SPLITS
+from visionloop.lake.snapshot import LakeSnapshot
+from visionloop.preprocessing import decode_stored
 from visionloop.training.distributed import seed_everything
 from visionloop.training.transforms import Transform
 
@@ -54,17 +53,6 @@ class Sample(NamedTuple):
     pad: bool | torch.Tensor  # a repeat that only evens out the ranks: leave out of metrics
 
 
-def list_parquet_files(images_dir: Path) -> list[str]:
-    """The table's Parquet files, sorted (hive ``batch_id=`` folders are found too)."""
-    if not images_dir.is_dir():
-        raise LakeReadError(f"no images table at {images_dir}; ingest images first")
-    dataset = ds.dataset(str(images_dir), format="parquet", partitioning="hive")
-    files = sorted(dataset.files)
-    if not files:
-        raise LakeReadError(f"the images table at {images_dir} has no Parquet files")
-    return files
-
-
 @dataclass(frozen=True)
 class LakeIndex:
     """Where every labelled row lives, per split; built from two small columns only."""
@@ -78,20 +66,20 @@ class LakeIndex:
     split_targets: dict[str, np.ndarray] = field(repr=False)  # class index per row
 
     @classmethod
-    def scan(cls, files: Sequence[str], classes: Sequence[str] | None = None) -> LakeIndex:
+    def scan(cls, snapshot: LakeSnapshot) -> LakeIndex:
+        """Index the snapshot's files; class ``k`` is the label map's ``k``-th class."""
+        if not snapshot.files:
+            raise LakeReadError(f"the lake at {snapshot.lake_dir} has no images; ingest first")
         group_file, group_id, sizes, labels, splits = [], [], [], [], []
-        for file_number, path in enumerate(files):
-            parquet = pq.ParquetFile(path)
-            for row_group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(row_group, columns=["label", "split"])
-                group_file.append(file_number)
-                group_id.append(row_group)
-                sizes.append(table.num_rows)
-                labels.append(table.column("label").to_numpy(zero_copy_only=False))
-                splits.append(table.column("split").to_numpy(zero_copy_only=False))
+        for part in snapshot.row_groups(["label", "split"]):
+            group_file.append(part.file)
+            group_id.append(part.group)
+            sizes.append(part.table.num_rows)
+            labels.append(part.table.column("label").to_numpy(zero_copy_only=False))
+            splits.append(part.table.column("split").to_numpy(zero_copy_only=False))
         label_column = np.concatenate(labels) if labels else np.array([], dtype=object)
         split_column = np.concatenate(splits) if splits else np.array([], dtype=object)
-        label_set = _label_set(label_column, classes)
+        label_set = _label_set(label_column, snapshot.classes)
         to_index = {label: number for number, label in enumerate(label_set)}
         split_rows, split_targets = {}, {}
         for split in SPLITS:
@@ -101,7 +89,7 @@ class LakeIndex:
                 [to_index[label] for label in label_column[rows]], dtype=np.int64
             )
         return cls(
-            files=tuple(files),
+            files=tuple(snapshot.paths),
             group_file=np.array(group_file, dtype=np.int64),
             group_id=np.array(group_id, dtype=np.int64),
             group_offset=np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]),
@@ -121,19 +109,17 @@ class LakeIndex:
         return np.searchsorted(self.group_offset, rows, side="right") - 1
 
 
-def _label_set(label_column: np.ndarray, classes: Sequence[str] | None) -> tuple[str, ...]:
+def _label_set(label_column: np.ndarray, classes: Sequence[str]) -> tuple[str, ...]:
     found = {label for label in label_column if label is not None}
-    if classes is None:
-        if not found:
-            raise LakeReadError("the images table has no labelled rows; label some images first")
-        return tuple(sorted(found))
+    if not found:
+        raise LakeReadError("the images table has no labelled rows; label some images first")
     unknown = found - set(classes)
     if unknown:
         raise LakeReadError(
-            f"the lake has labels outside settings.classes: {sorted(unknown)}; add them to "
-            "classes or relabel those images"
+            f"the lake has labels missing from its label map: {sorted(unknown)}; the label "
+            "map is written when a batch commits, so these rows were not committed by visionloop"
         )
-    return tuple(sorted(set(classes)))
+    return tuple(classes)
 
 
 def rank_counts(
@@ -262,8 +248,7 @@ class LakeDataset(IterableDataset):
         return images
 
     def _decode(self, data: bytes) -> torch.Tensor:
-        with Image.open(io.BytesIO(data)) as image:
-            return self.transform(image.convert("RGB"))
+        return self.transform(decode_stored(data))
 
 
 def _runs(windows: np.ndarray) -> list[np.ndarray]:

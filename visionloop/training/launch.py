@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.settings import Settings
 from visionloop.training.config import RunPaths
 
@@ -90,29 +91,47 @@ def build_torchrun_command(
     return command
 
 
-def training_env(settings: Settings, nproc: int, mlflow_run_id: str | None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def training_env(settings: Settings, nproc: int) -> dict[str, str]:
+    """The ranks' environment: the settings' tracking store wins over an inherited one."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_TRACKING_URI=settings.resolved_mlflow_uri)
     if not torch.cuda.is_available():
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // nproc))
-    if mlflow_run_id:
-        env.setdefault("MLFLOW_TRACKING_URI", settings.resolved_mlflow_uri)
     return env
+
+
+def pin_snapshot(output_dir: Path, snapshot: LakeSnapshot) -> None:
+    """Write the snapshot the run trains on; a resumed run must be given the same one."""
+    path = RunPaths(output_dir).snapshot
+    if path.exists():
+        pinned = LakeSnapshot.load(path)
+        if pinned.id != snapshot.id:
+            raise ValueError(
+                f"{output_dir} is a run on lake snapshot {pinned.id}, not {snapshot.id}; "
+                "train into a new output directory"
+            )
+        return
+    snapshot.save(path)
 
 
 def run_training(
     settings: Settings,
     output_dir: Path,
+    snapshot: LakeSnapshot,
     *,
     mlflow_run_id: str | None = None,
     log: Callable[[str], None] = print,
 ) -> TrainingOutcome:
-    """Train (or resume training) into ``output_dir``; raises :class:`TrainingError` on failure."""
+    """Train (or resume training) on ``snapshot`` into ``output_dir``.
+
+    Raises :class:`TrainingError` on failure.
+    """
     output_dir = Path(output_dir).resolve()
     settings_path = settings.save(output_dir)
+    pin_snapshot(output_dir, snapshot)
     nproc = settings.training.nproc_per_node
     command = build_torchrun_command(settings_path, output_dir, nproc, mlflow_run_id)
-    returncode, tail = _stream(command, training_env(settings, nproc, mlflow_run_id), log)
+    returncode, tail = _stream(command, training_env(settings, nproc), log)
     if returncode != 0:
         raise TrainingError(returncode, tail)
     return TrainingOutcome.read(output_dir)

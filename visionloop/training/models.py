@@ -17,6 +17,7 @@ does not line up raises :class:`PretrainedWeightsError`; nothing is loaded silen
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,10 @@ class ModelSpec:
             "label_to_index": {label: index for index, label in enumerate(self.labels)},
         }
 
-    def checkpoint(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, object]:
-        """The ``model.pt`` dict consumed by evaluation and the pyfunc model."""
+    def checkpoint(
+        self, state_dict: Mapping[str, torch.Tensor], image_options: Mapping[str, object]
+    ) -> dict[str, object]:
+        """The ``model.pt`` dict :class:`~visionloop.training.classifier.ImageClassifier` loads."""
         return {
             "model_name": self.model_name,
             "num_classes": self.num_classes,
@@ -63,6 +66,7 @@ class ModelSpec:
             "input_size": self.input_size,
             "mean": list(self.mean),
             "std": list(self.std),
+            "image_options": dict(image_options),
             "state_dict": {
                 key: value.detach().cpu().contiguous() for key, value in state_dict.items()
             },
@@ -140,7 +144,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    loaded = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise PretrainedWeightsError(
+            f"{path} holds more than tensors and plain values, so it is not loaded (only "
+            f"weights_only files are trusted); save just its state_dict or use .safetensors: "
+            f"{str(error).splitlines()[0]}"
+        ) from error
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from visionloop.lake.snapshot import LakeSnapshot
+from visionloop.preprocessing import image_options
 from visionloop.settings import Settings, TrainingSettings, load_settings
 from visionloop.training import checkpoint as ckpt
 from visionloop.training.config import RunPaths, parse_args
@@ -41,13 +42,7 @@ from visionloop.training.distributed import (
     setup,
     teardown,
 )
-from visionloop.training.lake_reader import (
-    LakeDataset,
-    LakeIndex,
-    LakeReadError,
-    list_parquet_files,
-    make_loader,
-)
+from visionloop.training.lake_reader import LakeDataset, LakeIndex, LakeReadError, make_loader
 from visionloop.training.loop import Precision, evaluate, train_one_epoch, warmup_cosine
 from visionloop.training.models import ModelSpec, create_model, model_spec
 from visionloop.training.transforms import eval_transform, mixup, train_transform
@@ -73,17 +68,13 @@ class Components:
     best_weights: dict[str, torch.Tensor] | None = None  # CPU copy of the best epoch's
 
 
-def data_index(settings: Settings, paths: RunPaths, ctx: DistContext) -> LakeIndex:
-    """Rank 0 fixes the table's file list in the manifest; every rank indexes those files."""
-    if ctx.is_main and not paths.manifest.exists():
-        files = list_parquet_files(settings.images_dir)
-        ckpt.write_json(paths.manifest, {"images_dir": str(settings.images_dir), "files": files})
-    barrier(ctx)
-    files = json.loads(paths.manifest.read_text())["files"]
-    missing = [path for path in files if not os.path.exists(path)]
-    if missing:
-        raise LakeReadError(f"{len(missing)} files of {paths.manifest} are gone, e.g. {missing[0]}")
-    return LakeIndex.scan(files, settings.classes)
+def data_index(paths: RunPaths) -> LakeIndex:
+    """Every rank indexes the files of the run's frozen lake snapshot (never the live lake)."""
+    if not paths.snapshot.exists():
+        raise LakeReadError(f"{paths.snapshot} is missing: the launcher writes it before training")
+    snapshot = LakeSnapshot.load(paths.snapshot)
+    snapshot.verify()
+    return LakeIndex.scan(snapshot)
 
 
 def datasets(
@@ -115,7 +106,7 @@ def datasets(
 
 def build(settings: Settings, paths: RunPaths, ctx: DistContext, resuming: bool) -> Components:
     config = settings.training
-    index = data_index(settings, paths, ctx)
+    index = data_index(paths)
     seed_everything(config.seed)  # identical initial weights on every rank
     model = create_model(
         config.model_name, len(index.labels), "none" if resuming else config.pretrained
@@ -182,16 +173,23 @@ def save_checkpoint(
 
 
 class MetricsSink:
-    """Rank 0's per-epoch output: ``metrics.jsonl`` (rewritten whole) and MLflow."""
+    """Rank 0's per-epoch output: ``metrics.jsonl`` (rewritten whole) and MLflow.
 
-    def __init__(self, paths: RunPaths, ctx: DistContext, mlflow_run_id: str | None) -> None:
+    Metrics go to the settings' tracking store; an inherited ``MLFLOW_TRACKING_URI`` plays
+    no part.
+    """
+
+    def __init__(
+        self, paths: RunPaths, ctx: DistContext, settings: Settings, mlflow_run_id: str | None
+    ) -> None:
         self.paths, self.enabled = paths, ctx.is_main
         self.client = None
         self.run_id = mlflow_run_id
-        if self.enabled and mlflow_run_id and os.environ.get("MLFLOW_TRACKING_URI"):
+        if self.enabled and mlflow_run_id:
             from mlflow.tracking import MlflowClient
 
-            self.client = MlflowClient()
+            uri = settings.resolved_mlflow_uri
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def write(self, history: list[dict[str, float]]) -> None:
         if self.enabled:
@@ -292,7 +290,7 @@ def _fmt(value: float) -> str:
 
 
 def finish(
-    parts: Components, paths: RunPaths, ctx: DistContext, state: ckpt.TrainState, epochs: int
+    parts: Components, settings: Settings, paths: RunPaths, ctx: DistContext, state: ckpt.TrainState
 ) -> None:
     digest = ckpt.state_hash(parts.model.state_dict())
     ckpt.atomic_write_text(paths.weights_hash(ctx.rank), digest + "\n")
@@ -300,14 +298,15 @@ def finish(
         return
     if parts.best_weights is None:
         raise RuntimeError("no epoch completed, so there is no model to write")
-    ckpt.atomic_torch_save(parts.spec.checkpoint(parts.best_weights), paths.model)
+    options = image_options(settings).to_dict()
+    ckpt.atomic_torch_save(parts.spec.checkpoint(parts.best_weights, options), paths.model)
     ckpt.write_json(paths.label_map, parts.spec.label_map())
     best = next(row for row in state.history if row["epoch"] == state.best_epoch)
     summary: dict[str, Any] = {
         "model_name": parts.spec.model_name,
         "labels": list(parts.spec.labels),
         "epochs_run": state.epoch,
-        "stopped_early": state.epoch < epochs,
+        "stopped_early": state.epoch < settings.training.epochs,
         "best_epoch": state.best_epoch,
         "best": best,
         "final": state.history[-1],
@@ -330,9 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         barrier(ctx)
         resuming = broadcast_object(ctx, paths.checkpoint.exists())
         parts = build(settings, paths, ctx, resuming)
-        state = fit(parts, settings, paths, ctx, MetricsSink(paths, ctx, args.mlflow_run_id))
+        sink = MetricsSink(paths, ctx, settings, args.mlflow_run_id)
+        state = fit(parts, settings, paths, ctx, sink)
         barrier(ctx)
-        finish(parts, paths, ctx, state, settings.training.epochs)
+        finish(parts, settings, paths, ctx, state)
         barrier(ctx)
     finally:
         teardown()

@@ -1,8 +1,9 @@
 """Image transforms and batch mixing for training and evaluation.
 
 Training uses timm's ``create_transform`` (random resized crop, flip, RandAugment);
-evaluation is the plain deterministic pipeline :mod:`visionloop.training.predict` uses at
-serving time (RGB, bilinear resize to ``input_size``, no crop, normalise), so validation
+evaluation is the plain deterministic pipeline that
+:class:`~visionloop.training.classifier.ImageClassifier` applies at serving time after the
+ingest preprocessing (bilinear resize to ``input_size``, no crop, normalise), so validation
 numbers are the numbers the served model gets.
 """
 

@@ -1,6 +1,6 @@
-"""The data contract: the images table, the quarantine table, and the split rule.
+"""The data contract: the lake's tables, the quarantine reasons, and the split rule.
 
-Both tables are plain Parquet datasets partitioned hive-style by ``batch_id``
+All tables are plain Parquet datasets partitioned hive-style by ``batch_id``
 (``images/batch_id=<id>/part-*.parquet``), so Spark, pyarrow and petastorm's
 ``make_batch_reader`` read them as they are; ``batch_id`` is the partition column.
 """
@@ -43,6 +43,10 @@ QUARANTINE_COLUMNS: dict[str, pa.DataType] = {
     "quarantined_at": pa.timestamp("us", tz="UTC"),
 }
 QUARANTINE_SCHEMA = pa.schema(list(QUARANTINE_COLUMNS.items()))
+
+DUPLICATES_SCHEMA = pa.schema(
+    [("uri", pa.string()), ("image_id", pa.string()), ("duplicate_of", pa.string())]
+)
 
 PARTITION_COLUMN = "batch_id"
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from visionloop.contract import Reason
+from visionloop.lake.contract import Reason
 
 Layout = Literal["auto", "imagefolder", "manifest", "unlabelled"]
 MANIFEST_SUFFIXES = (".csv", ".parquet")
@@ -93,11 +93,22 @@ def _class_of(root: Path, path: Path) -> str | None:
 
 
 def walk_files(root: Path) -> Iterator[tuple[Path, Reason | None, str]]:
-    """Walk ``root`` recursively, following directory symlinks but never around a loop."""
-    yield from _walk(root.absolute(), {os.path.realpath(root)})
+    """Walk ``root`` recursively, following symlinks that stay inside it, never around a loop.
+
+    A symlink (to a file or a folder) that resolves outside the landing root is a problem
+    (``outside_landing_root``), as in manifests: a landing batch cannot pull in other files.
+    """
+    real_root = os.path.realpath(root)
+    yield from _walk(root.absolute(), real_root, {real_root})
 
 
-def _walk(directory: Path, ancestors: set[str]) -> Iterator[tuple[Path, Reason | None, str]]:
+def _inside(real: str, real_root: str) -> bool:
+    return os.path.commonpath([real, real_root]) == real_root
+
+
+def _walk(
+    directory: Path, real_root: str, ancestors: set[str]
+) -> Iterator[tuple[Path, Reason | None, str]]:
     try:
         entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
     except OSError as error:
@@ -110,12 +121,15 @@ def _walk(directory: Path, ancestors: set[str]) -> Iterator[tuple[Path, Reason |
         except OSError as error:
             yield path, _stat_reason(error), _stat_detail(path, error)
             continue
+        real = os.path.realpath(path)
+        if not _inside(real, real_root):
+            yield path, Reason.OUTSIDE_ROOT, f"links to {real}, outside {real_root}"
+            continue
         if stat.S_ISDIR(info.st_mode):
-            real = os.path.realpath(path)
             if real in ancestors:
                 yield path, Reason.SYMLINK_LOOP, f"directory link back to {real}"
                 continue
-            yield from _walk(path, ancestors | {real})
+            yield from _walk(path, real_root, ancestors | {real})
         elif stat.S_ISREG(info.st_mode):
             yield path, None, ""
         else:

@@ -1,10 +1,11 @@
 """Atomic batch commits into the lake.
 
 A batch is written whole under ``_staging/<batch_id>/`` (one folder per table), then a
-``_READY`` marker holding the batch report is written, then each table folder is renamed
-into ``<table>/batch_id=<batch_id>``. Renames are atomic on one filesystem, and a batch
-interrupted between marker and renames is rolled forward on the next start; one
-interrupted before its marker is discarded. Readers never see a partial batch.
+``_READY`` marker holding the batch report is written, then the label map is extended with
+the batch's classes and each table folder is renamed into ``<table>/batch_id=<batch_id>``.
+Renames are atomic on one filesystem, and a batch interrupted between marker and renames is
+rolled forward on the next start; one interrupted before its marker is discarded. Readers
+never see a partial batch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.dataset as ds
+
 from visionloop import locks
+from visionloop.lake import label_map
+from visionloop.lake.snapshot import list_table
 from visionloop.settings import Settings
 
 TABLES = ("images", "quarantine", "duplicates", "tfrecord")
@@ -91,6 +96,9 @@ def commit(settings: Settings, batch_id: str, report: dict[str, Any]) -> None:
 
 
 def _roll_forward(settings: Settings, batch_id: str, staging: BatchStaging) -> None:
+    classes = batch_label_map(settings, batch_labels(settings, staging, batch_id))
+    if classes != label_map.read(settings.lake_dir):
+        label_map.write(settings.lake_dir, classes)
     for name in TABLES:
         source = staging.table(name)
         target = partition_dir(settings, name, batch_id)
@@ -101,6 +109,22 @@ def _roll_forward(settings: Settings, batch_id: str, staging: BatchStaging) -> N
     reports.mkdir(parents=True, exist_ok=True)
     (staging.root / READY_MARKER).replace(reports / f"{batch_id}.json")
     shutil.rmtree(staging.root)
+
+
+def batch_labels(settings: Settings, staging: BatchStaging, batch_id: str) -> set[str]:
+    """The distinct labels of a batch's images (``label`` column only), staged or moved."""
+    images = staging.table("images")
+    if not images.exists():  # moved into the lake before an interruption
+        images = partition_dir(settings, "images", batch_id)
+    if not any(images.glob("*.parquet")):
+        return set()
+    labels = ds.dataset(images, format="parquet").to_table(columns=["label"])["label"]
+    return {label for label in labels.unique().to_pylist() if label is not None}
+
+
+def batch_label_map(settings: Settings, labels: set[str]) -> tuple[str, ...]:
+    """The label map once a batch with ``labels`` is committed (index order, append-only)."""
+    return label_map.extended(label_map.read(settings.lake_dir), settings.classes, labels)
 
 
 def hold(settings: Settings, batch_id: str, report: dict[str, Any]) -> Path:
@@ -136,4 +160,4 @@ def committed_batches(settings: Settings) -> list[dict[str, Any]]:
 
 def has_rows(settings: Settings, name: str = "images") -> bool:
     """Whether a lake table holds at least one committed Parquet file."""
-    return any(table_dir(settings, name).glob("batch_id=*/*.parquet"))
+    return bool(list_table(settings.lake_dir, name))

@@ -2,30 +2,36 @@
 
 :func:`decide` is pure: two :class:`EvalReport` on the same frozen test split and the
 policy in, a :class:`Decision` out. :func:`promote` evaluates both registered models on the
-lake's test split, decides, records the decision as tags on the challenger version and run,
-and moves the aliases (``champion`` to the challenger, ``previous-champion`` to the old
-champion). :func:`rollback` undoes the last promotion.
+test split of the run's lake snapshot, decides, records the decision as tags on the
+challenger version and its run, then moves the aliases (``champion`` to the challenger,
+``previous-champion`` to the old champion). :func:`rollback` undoes the last promotion.
+
+Promotions and rollbacks of one registered model are serialised by a lock under the data
+home, and idempotent: a version's recorded decision is final. A retry after the aliases
+moved returns that decision (finishing an interrupted alias move if nothing changed since),
+and a version that was rolled back or rejected is never promoted by a later run.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-
-from visionloop.settings import PromotionSettings, Settings
-from visionloop.training.evaluate import SUPPORTED_METRICS, EvalReport, evaluate_split
-from visionloop.training.registry import (
+from visionloop import locks
+from visionloop.lake.snapshot import LakeSnapshot
+from visionloop.registry.served_model import predict_proba_fn
+from visionloop.registry.tracking import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS_CHAMPION,
-    client_for,
-    ensure_reachable,
-    use_tracking,
+    Tracking,
+    now_iso,
 )
+from visionloop.settings import PromotionSettings, Settings
+from visionloop.training.evaluate import SUPPORTED_METRICS, EvalReport, evaluate_snapshot
 
 # Float noise tolerance: a delta of 0.00999999 still "meets" min_improvement = 0.01.
 EPSILON = 1e-9
@@ -113,14 +119,14 @@ def _decide_first_model(metric: str, value: float, n: int, floor: float) -> Deci
 
 def _recall_drops(
     challenger: EvalReport, champion: EvalReport
-) -> tuple[dict[str, tuple[float | None, float | None]], dict[str, float]]:
-    """Per class: (new, old) recall, and the drop where both are defined."""
-    recalls: dict[str, tuple[float | None, float | None]] = {}
+) -> tuple[dict[str, list[float | None]], dict[str, float]]:
+    """Per class: [new, old] recall (JSON-native), and the drop where both are defined."""
+    recalls: dict[str, list[float | None]] = {}
     drops: dict[str, float] = {}
     for label in champion.labels:
         old = champion.recall(label)
         new = challenger.recall(label) if label in challenger.per_class else 0.0
-        recalls[label] = (_round(new), _round(old))
+        recalls[label] = [_round(new), _round(old)]
         if old is not None and new is not None:
             drops[label] = old - new
     return recalls, drops
@@ -191,31 +197,30 @@ def decide(
 
 # --------------------------------------------------------------------------- registry side
 
+DECISION_TAG = "promotion.decision"
+ROLLED_BACK_TAG = "rolled_back"
+LOCK_TIMEOUT_S = 600
+
 
 @dataclass(frozen=True)
 class PromotionResult:
-    """What :func:`promote` did."""
+    """What :func:`promote` decided (now, or when the version was first decided)."""
 
     decision: Decision
     name: str
     challenger_version: str
-    champion_version: str | None  # before the decision
-    challenger_report: EvalReport
-    champion_report: EvalReport | None
+    champion_version: str | None  # the champion the decision was made against
+    challenger_report: EvalReport | None = None  # None when the decision was recorded earlier
+    champion_report: EvalReport | None = None
+    replayed: bool = False  # True: returned the version's recorded decision
 
     @property
     def rows(self) -> list[dict[str, Any]]:
         return self.decision.rows()
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "decision": self.decision.to_dict(),
-            "name": self.name,
-            "challenger_version": self.challenger_version,
-            "champion_version": self.champion_version,
-            "challenger_report": self.challenger_report.to_dict(),
-            "champion_report": self.champion_report and self.champion_report.to_dict(),
-        }
+    @property
+    def champion_after(self) -> str | None:
+        return self.challenger_version if self.decision.promoted else self.champion_version
 
 
 @dataclass(frozen=True)
@@ -225,44 +230,21 @@ class RollbackResult:
     demoted_version: str | None
 
 
-def alias_version(client, name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException as error:
-        if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) or "not found" in str(error).lower():
-            return None
-        raise
-
-
-def load_version(settings: Settings, version: str):
-    """The registered pyfunc of ``version`` (stock ``mlflow.pyfunc.load_model``)."""
-    import mlflow.pyfunc
-
-    use_tracking(settings)
-    return mlflow.pyfunc.load_model(f"models:/{settings.registered_model_name}/{version}")
-
-
-def pyfunc_predict_proba(model) -> tuple[list[str], Any]:
-    """Labels and an images -> probabilities function through the model's stock ``predict``."""
-    import pandas as pd
-
-    labels = list(model.unwrap_python_model().labels)
-
-    def predict_proba(images: list[bytes]) -> np.ndarray:
-        output = model.predict(pd.DataFrame({"image": images}))
-        return np.asarray([list(row) for row in output["probabilities"]], dtype=np.float64)
-
-    return labels, predict_proba
+@contextmanager
+def registry_lock(settings: Settings, holder: str) -> Iterator[None]:
+    """One promotion or rollback of a registered model at a time (a flock under the data
+    home: promotions against a shared tracking server must start from one machine)."""
+    path = settings.data_home / "registry" / f"{settings.registered_model_name}.lock"
+    with locks.exclusive(path, holder, timeout_s=LOCK_TIMEOUT_S):
+        yield
 
 
 def evaluate_version(
-    settings: Settings, version: str, split: str = "test", batch_size: int = 256
+    tracking: Tracking, version: str, snapshot: LakeSnapshot, split: str = "test"
 ) -> EvalReport:
-    """Evaluate a registered version on a lake split, through its pyfunc."""
-    labels, predict_proba = pyfunc_predict_proba(load_version(settings, version))
-    return evaluate_split(predict_proba, settings.images_dir, labels, split, batch_size)
+    """Evaluate a registered version on a snapshot split, through its stock pyfunc."""
+    labels, predict_proba = predict_proba_fn(tracking.load_model(version))
+    return evaluate_snapshot(predict_proba, snapshot, labels, split)
 
 
 def _tag_value(value: Any) -> str:
@@ -271,111 +253,136 @@ def _tag_value(value: Any) -> str:
 
 
 def record_decision(
-    settings: Settings,
-    version: str,
-    decision: Decision,
-    champion_version: str | None,
-) -> dict[str, str]:
-    """Tags ``promotion.*`` on the challenger version and its run; returns them."""
-    client = client_for(settings)
-    name = settings.registered_model_name
+    tracking: Tracking, version: str, decision: Decision, champion_version: str | None
+) -> None:
+    """Tags ``promotion.*`` on the challenger version and its run."""
     tags = {
-        "promotion.decision": "promoted" if decision.promoted else "rejected",
+        DECISION_TAG: "promoted" if decision.promoted else "rejected",
         "promotion.reason": decision.reason,
         "promotion.champion_version": champion_version or "none",
-        "promotion.decided_at": _now(),
+        "promotion.decided_at": now_iso(),
+        "promotion.numbers": _tag_value(decision.numbers),
     }
-    for key, value in decision.numbers.items():
-        tags[f"promotion.{key}"] = _tag_value(value)
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    run_id = client.get_model_version(name, version).run_id
-    if run_id:
-        for key, value in tags.items():
-            client.set_tag(run_id, key, value)
-    return tags
+    tracking.tag_version(version, tags)
+
+
+def recorded_decision(tags: dict[str, str]) -> tuple[Decision, str | None] | None:
+    """The decision recorded on a version's tags, and the champion it was made against."""
+    if DECISION_TAG not in tags:
+        return None
+    numbers = json.loads(tags.get("promotion.numbers", "{}"))
+    decision = Decision(tags[DECISION_TAG] == "promoted", tags["promotion.reason"], numbers)
+    champion = tags.get("promotion.champion_version")
+    return decision, None if champion in (None, "none") else champion
 
 
 def promote(
+    tracking: Tracking,
     settings: Settings,
+    snapshot: LakeSnapshot,
     version: str | None = None,
     *,
     challenger_report: EvalReport | None = None,
-    split: str = "test",
 ) -> PromotionResult:
-    """Evaluate challenger (default: the ``challenger`` alias) and champion, decide, record.
+    """Decide on ``version`` (default: the ``challenger`` alias) against the champion.
 
-    When promoted, ``previous-champion`` moves to the old champion and ``champion`` to the
-    challenger. ``challenger_report`` skips re-evaluating the challenger (it must come from
-    the same split).
+    Both are evaluated on ``snapshot``'s test split (``challenger_report``, when given, must
+    come from it). Serialised and idempotent: see the module docstring.
     """
-    ensure_reachable(settings.resolved_mlflow_uri)
-    client = client_for(settings)
-    name = settings.registered_model_name
-    if version is None:
-        version = alias_version(client, name, CHALLENGER)
+    with registry_lock(settings, f"promoting {tracking.model_name}"):
+        version = version or tracking.alias_version(CHALLENGER)
         if version is None:
             raise PromotionError(
-                f"registered model {name} has no '{CHALLENGER}' version; train and register one"
+                f"registered model {tracking.model_name} has no '{CHALLENGER}' version; "
+                "train and register one"
             )
-    version = str(version)
-    champion_version = alias_version(client, name, CHAMPION)
+        version = str(version)
+        tags = tracking.version_tags(version)
+        if tags.get(ROLLED_BACK_TAG) == "true":
+            return _rolled_back(tracking, version, tags)
+        recorded = recorded_decision(tags)
+        if recorded is not None:
+            return _replay(tracking, version, *recorded)
+        return _decide_now(tracking, settings, snapshot, version, challenger_report)
+
+
+def _rolled_back(tracking: Tracking, version: str, tags: dict[str, str]) -> PromotionResult:
+    reason = (
+        f"v{version} was rolled back at {tags.get('rolled_back_at', '?')}; a rolled-back "
+        "version is never promoted again"
+    )
+    champion = tracking.alias_version(CHAMPION)
+    return PromotionResult(Decision(False, reason), tracking.model_name, version, champion)
+
+
+def _replay(
+    tracking: Tracking, version: str, decision: Decision, against: str | None
+) -> PromotionResult:
+    """The recorded decision; finish its alias move if it was interrupted and nothing changed."""
+    if decision.promoted and tracking.alias_version(CHAMPION) == against:
+        _move_aliases(tracking, version, against)
+    return PromotionResult(decision, tracking.model_name, version, against, replayed=True)
+
+
+def _decide_now(
+    tracking: Tracking,
+    settings: Settings,
+    snapshot: LakeSnapshot,
+    version: str,
+    challenger_report: EvalReport | None,
+) -> PromotionResult:
+    champion_version = tracking.alias_version(CHAMPION)
     if champion_version == version:
-        raise PromotionError(f"version {version} of {name} is already the champion")
-    challenger_report = challenger_report or evaluate_version(settings, version, split)
+        raise PromotionError(
+            f"v{version} of {tracking.model_name} is the champion but has no recorded "
+            "decision; it was set by hand"
+        )
+    challenger_report = challenger_report or evaluate_version(tracking, version, snapshot)
     champion_report = (
-        evaluate_version(settings, champion_version, split) if champion_version else None
+        evaluate_version(tracking, champion_version, snapshot) if champion_version else None
     )
     decision = decide(challenger_report, champion_report, settings.promotion)
-    record_decision(settings, version, decision, champion_version)
+    record_decision(tracking, version, decision, champion_version)
     if decision.promoted:
-        if champion_version:
-            client.set_registered_model_alias(name, PREVIOUS_CHAMPION, champion_version)
-        client.set_registered_model_alias(name, CHAMPION, version)
-        client.set_model_version_tag(name, version, "promoted_at", _now())
+        _move_aliases(tracking, version, champion_version)
     return PromotionResult(
-        decision=decision,
-        name=name,
-        challenger_version=version,
-        champion_version=champion_version,
-        challenger_report=challenger_report,
-        champion_report=champion_report,
+        decision,
+        tracking.model_name,
+        version,
+        champion_version,
+        challenger_report,
+        champion_report,
     )
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _move_aliases(tracking: Tracking, version: str, old_champion: str | None) -> None:
+    client, name = tracking.client, tracking.model_name
+    if old_champion:
+        client.set_registered_model_alias(name, PREVIOUS_CHAMPION, old_champion)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "promoted_at", now_iso())
 
 
-def rollback(settings: Settings) -> RollbackResult:
+def rollback(tracking: Tracking, settings: Settings) -> RollbackResult:
     """``champion`` <- ``previous-champion``; the demoted version is tagged ``rolled_back``.
 
     The ``previous-champion`` alias is removed, so a second rollback fails clearly instead
-    of flip-flopping.
+    of flip-flopping, and no later promotion picks the demoted version again.
     """
-    from mlflow.exceptions import MlflowException
-
-    ensure_reachable(settings.resolved_mlflow_uri)
-    client = client_for(settings)
-    name = settings.registered_model_name
-    try:
-        client.get_registered_model(name)
-    except MlflowException as error:
-        raise NoPreviousChampionError(
-            f"registered model {name} does not exist in {settings.resolved_mlflow_uri}; "
-            "nothing to roll back"
-        ) from error
-    previous = alias_version(client, name, PREVIOUS_CHAMPION)
-    if previous is None:
-        raise NoPreviousChampionError(
-            f"registered model {name} has no '{PREVIOUS_CHAMPION}' alias: there is no earlier "
-            "champion to roll back to (rollback undoes one promotion)"
-        )
-    current = alias_version(client, name, CHAMPION)
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    if current and current != previous:
-        client.set_model_version_tag(name, current, "rolled_back", "true")
-        client.set_model_version_tag(name, current, "rolled_back_at", _now())
-        client.set_model_version_tag(name, current, "rolled_back_to", previous)
-    client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    with registry_lock(settings, f"rolling back {tracking.model_name}"):
+        previous = tracking.alias_version(PREVIOUS_CHAMPION)
+        if previous is None:
+            raise NoPreviousChampionError(
+                f"registered model {tracking.model_name} has no '{PREVIOUS_CHAMPION}' alias: "
+                "there is no earlier champion to roll back to (rollback undoes one promotion)"
+            )
+        current = tracking.alias_version(CHAMPION)
+        client, name = tracking.client, tracking.model_name
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        if current and current != previous:
+            tracking.tag_version(
+                current,
+                {ROLLED_BACK_TAG: "true", "rolled_back_at": now_iso(), "rolled_back_to": previous},
+            )
+        client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
     return RollbackResult(name=name, champion_version=previous, demoted_version=current)

@@ -1,8 +1,13 @@
-"""Per-file image preprocessing: bytes in, a letterboxed RGB image or a :class:`Rejection` out.
+"""The one image preprocessing: bytes in, a letterboxed RGB image or a :class:`Rejection` out.
+
+Ingest stores what :func:`process_image_bytes` returns; training decodes those stored bytes;
+serving, evaluation and batch scoring call :func:`model_image` on whatever bytes they get
+(an original file or the lake's stored bytes, which pass through unchanged), so a model sees
+the same pixels for a photo at training time and at serving time.
 
 Pure functions (no Spark, no Prefect, no global state changed), safe to call from worker
 processes and threads. Every problem with the input becomes a :class:`Rejection` naming a
-:class:`~visionloop.contract.Reason`; nothing here raises on bad input data.
+:class:`~visionloop.lake.contract.Reason`; nothing here raises on bad input data.
 
 Pipeline of :func:`process_image_bytes`: identify the format from the content (the file
 name is ignored), refuse formats outside :data:`SUPPORTED_FORMATS`, refuse images over the
@@ -14,6 +19,7 @@ letterbox to ``size x size`` on black and encode as PNG or JPEG.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -21,11 +27,19 @@ import io
 import os
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
-from visionloop.contract import Reason
+from visionloop.lake.contract import Reason
+
+if TYPE_CHECKING:
+    from visionloop.settings import Settings
+
+#: Bump when the pixels :func:`process_image_bytes` produces change for the same input:
+#: embeddings and models record it, so old and new outputs are never mixed.
+PREPROCESSING_VERSION = 1
 
 OUTPUT_FORMATS = ("PNG", "JPEG")
 #: Formats (as PIL names them) that are decoded. Anything else PIL identifies is rejected
@@ -85,6 +99,20 @@ class ImageOptions:
             raise ValueError(f"max_pixels must be at least 1, not {self.max_pixels}")
         if self.max_file_bytes < 1:
             raise ValueError(f"max_file_bytes must be at least 1, not {self.max_file_bytes}")
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def image_options(settings: Settings) -> ImageOptions:
+    """The preprocessing the settings ask for (ingest and every model made from the lake)."""
+    return ImageOptions(
+        size=settings.image_size,
+        image_format=settings.image_format,
+        jpeg_quality=settings.jpeg_quality,
+        max_pixels=settings.max_image_pixels,
+        max_file_bytes=settings.max_image_file_bytes,
+    )
 
 
 @dataclass(frozen=True)
@@ -187,6 +215,36 @@ def _os_rejection(path: str, error: OSError) -> Rejection:
         detail = f"permission denied reading {path}; make it readable by the ingest user"
         return Rejection(Reason.UNREADABLE, detail, None)
     return Rejection(Reason.UNREADABLE, f"cannot read {path}: {message}", None)
+
+
+# ---------------------------------------------------------------- what a model sees
+
+
+class ImageRejectedError(ValueError):
+    """Bytes given to a model cannot be used; ``rejection`` says why and what to do."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(f"{rejection.reason.value}: {rejection.detail}")
+        self.rejection = rejection
+
+
+def decode_stored(data: bytes) -> Image.Image:
+    """The RGB image of bytes :func:`process_image_bytes` produced (the lake's ``image``)."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+def model_image(data: bytes, options: ImageOptions) -> Image.Image:
+    """What a model sees for any encoded image: preprocessed as at ingest, then decoded.
+
+    The lake's stored bytes come out exactly as training decodes them (preprocessing is
+    idempotent on its own PNG output); an original file comes out as ingest would store it.
+    Raises :class:`ImageRejectedError` for bytes ingest would quarantine.
+    """
+    processed = process_image_bytes(data, options)
+    if isinstance(processed, Rejection):
+        raise ImageRejectedError(processed)
+    return decode_stored(processed.image)
 
 
 # ---------------------------------------------------------------- processing bytes

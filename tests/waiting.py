@@ -1,0 +1,28 @@
+"""Waiting for an event a test caused (a file, a process state), never for a fixed time."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+
+POLL_S = 0.05
+
+
+def wait_for(
+    condition: Callable[[], object],
+    timeout_s: float,
+    what: str,
+    process: subprocess.Popen | None = None,
+) -> None:
+    """Return once ``condition()`` is true; fail naming ``what`` after ``timeout_s``.
+
+    With ``process``, fail at once if it exits first.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with {process.returncode} first")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (waited {timeout_s:g} s)")
+        time.sleep(POLL_S)

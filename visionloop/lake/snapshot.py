@@ -1,0 +1,276 @@
+"""A frozen snapshot of the lake and the one reader of its tables.
+
+:func:`list_table` is the only place that lists a table's committed files. :func:`take`
+freezes the images table into a :class:`LakeSnapshot` — the exact files, their sizes and
+sha256, the label map, and the counts and training-split hash computed from them — once per
+run. Planning, training (the ``torchrun`` ranks read it from JSON), calibration, evaluation,
+promotion and lineage all receive that value, so a batch committed meanwhile changes nothing
+they see and the lineage names exactly what was read. Committed files are never rewritten;
+:meth:`LakeSnapshot.verify` refuses a snapshot whose files have gone or changed size.
+
+:func:`row_groups` is the one row-group walker: it reads only the asked-for columns, one
+row group at a time, so no table is ever loaded whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from visionloop.lake import label_map
+from visionloop.lake.contract import PARTITION_COLUMN, SPLITS
+
+IMAGES = "images"
+_HASH_CHUNK = 1 << 20
+
+
+class SnapshotError(RuntimeError):
+    """The snapshot cannot be read as frozen (a file is gone or changed); the message says which."""
+
+
+def list_table(lake_dir: Path, table: str) -> list[Path]:
+    """The committed Parquet files of a lake table, in a stable order."""
+    return sorted((lake_dir / table).glob(f"{PARTITION_COLUMN}=*/*.parquet"))
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """One committed Parquet file, as the snapshot saw it."""
+
+    path: str
+    batch_id: str
+    rows: int
+    size: int
+    sha256: str
+
+    @classmethod
+    def describe(cls, path: Path) -> TableFile:
+        return cls(
+            path=str(path),
+            batch_id=path.parent.name.partition("=")[2],
+            rows=pq.ParquetFile(path).metadata.num_rows,
+            size=path.stat().st_size,
+            sha256=file_sha256(path),
+        )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """The asked-for columns of one row group, and where it lives."""
+
+    file: int  # index into the walked files
+    group: int  # row-group number within that file
+    table: pa.Table
+
+
+def row_groups(paths: Sequence[str | Path], columns: Sequence[str]) -> Iterator[RowGroup]:
+    """Every row group of ``paths`` in order, reading only ``columns``."""
+    for number, path in enumerate(paths):
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            yield RowGroup(number, group, parquet.read_row_group(group, columns=list(columns)))
+
+
+def labelled_mask(table: pa.Table, split: str | None) -> pa.ChunkedArray:
+    """Rows of ``table`` (with ``label``, and ``split`` when given) that are labelled [in split]."""
+    mask = pc.is_valid(table["label"])
+    if split is not None:
+        mask = pc.and_(mask, pc.fill_null(pc.equal(table["split"], pa.scalar(split)), False))
+    return mask
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    labelled: int = 0
+    unlabelled: int = 0
+
+
+@dataclass(frozen=True)
+class LakeSnapshot:
+    """The images table as it was at ``taken_at``: files, label map, counts, training hash."""
+
+    lake_dir: str
+    taken_at: str
+    files: tuple[TableFile, ...]
+    classes: tuple[str, ...]  # the label map, in index order
+    split_counts: dict[str, SplitCounts] = field(default_factory=dict)
+    train_rows: int = 0
+    train_hash: str = ""  # sha256 of the sorted "image_id<TAB>label" lines of labelled train rows
+
+    # ------------------------------------------------------------------ identity
+
+    @property
+    def id(self) -> str:
+        """A content identity: the same files (by hash) give the same id."""
+        digest = hashlib.sha256()
+        for item in self.files:
+            digest.update(f"{item.batch_id}/{Path(item.path).name}:{item.sha256}\n".encode())
+        return digest.hexdigest()[:16]
+
+    @property
+    def paths(self) -> list[str]:
+        return [item.path for item in self.files]
+
+    @property
+    def batch_rows(self) -> dict[str, int]:
+        rows: dict[str, int] = {}
+        for item in self.files:
+            rows[item.batch_id] = rows.get(item.batch_id, 0) + item.rows
+        return dict(sorted(rows.items()))
+
+    @property
+    def rows(self) -> int:
+        return sum(item.rows for item in self.files)
+
+    def labelled_count(self, split: str) -> int:
+        return self.split_counts.get(split, SplitCounts()).labelled
+
+    def verify(self) -> None:
+        """Raise :class:`SnapshotError` if a file is gone or no longer the size it was."""
+        for item in self.files:
+            path = Path(item.path)
+            if not path.exists():
+                raise SnapshotError(
+                    f"{path} of lake snapshot {self.id} is gone; the lake was changed by hand. "
+                    "Take a new snapshot (rerun the flow)"
+                )
+            if path.stat().st_size != item.size:
+                raise SnapshotError(f"{path} changed size since snapshot {self.id} was taken")
+
+    # ------------------------------------------------------------------ reading
+
+    def row_groups(self, columns: Sequence[str]) -> Iterator[RowGroup]:
+        return row_groups(self.paths, columns)
+
+    def labelled(
+        self, split: str, batch_size: int = 256, columns: Sequence[str] = ("image",)
+    ) -> Iterator[dict[str, list[Any]]]:
+        """Batches of a split's labelled rows: ``{"image_id", "label", *columns}`` lists.
+
+        The small key columns are read first; ``columns`` only for row groups that hold
+        wanted rows.
+        """
+        pending: dict[str, list[Any]] = {name: [] for name in ("image_id", "label", *columns)}
+        keys = ["image_id", "label", "split"]
+        for part in self.row_groups(keys):
+            mask = labelled_mask(part.table, split)
+            if not pc.any(mask).as_py():
+                continue
+            wanted = self._read_group(part, columns).filter(mask) if columns else None
+            pending["image_id"] += part.table["image_id"].filter(mask).to_pylist()
+            pending["label"] += part.table["label"].filter(mask).to_pylist()
+            for name in columns:
+                pending[name] += wanted[name].to_pylist()
+            while len(pending["image_id"]) >= batch_size:
+                yield {name: values[:batch_size] for name, values in pending.items()}
+                pending = {name: values[batch_size:] for name, values in pending.items()}
+        if pending["image_id"]:
+            yield pending
+
+    def _read_group(self, part: RowGroup, columns: Sequence[str]) -> pa.Table:
+        return pq.ParquetFile(self.files[part.file].path).read_row_group(
+            part.group, columns=list(columns)
+        )
+
+    # ------------------------------------------------------------------ serialising
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LakeSnapshot:
+        return cls(
+            lake_dir=data["lake_dir"],
+            taken_at=data["taken_at"],
+            files=tuple(TableFile(**item) for item in data["files"]),
+            classes=tuple(data["classes"]),
+            split_counts={
+                split: SplitCounts(**counts) for split, counts in data["split_counts"].items()
+            },
+            train_rows=data["train_rows"],
+            train_hash=data["train_hash"],
+        )
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> LakeSnapshot:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def summary(self) -> dict[str, Any]:
+        """What a reader of lineage wants: which batches, how many rows, the training hash."""
+        return {
+            "snapshot_id": self.id,
+            "taken_at": self.taken_at,
+            "batch_ids": list(self.batch_rows),
+            "batch_rows": self.batch_rows,
+            "rows": self.rows,
+            "split_rows": {split: asdict(counts) for split, counts in self.split_counts.items()},
+            "train_rows": self.train_rows,
+            "train_hash": self.train_hash,
+            "classes": list(self.classes),
+        }
+
+
+def take(lake_dir: Path) -> LakeSnapshot:
+    """Freeze the images table as it is now (reads three small columns of every file)."""
+    files = tuple(TableFile.describe(path) for path in list_table(lake_dir, IMAGES))
+    counts, pairs = _scan([item.path for item in files])
+    return LakeSnapshot(
+        lake_dir=str(lake_dir),
+        taken_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        files=files,
+        classes=label_map.read(lake_dir),
+        split_counts=counts,
+        train_rows=len(pairs),
+        train_hash=pairs_hash(pairs),
+    )
+
+
+def _scan(paths: Sequence[str]) -> tuple[dict[str, SplitCounts], list[tuple[str, str]]]:
+    labelled: Counter[str] = Counter()
+    unlabelled: Counter[str] = Counter()
+    pairs: list[tuple[str, str]] = []
+    for part in row_groups(paths, ["image_id", "label", "split"]):
+        table = part.table
+        has_label = pc.is_valid(table["label"]).to_pylist()
+        for split, is_labelled in zip(table["split"].to_pylist(), has_label, strict=True):
+            (labelled if is_labelled else unlabelled)[split] += 1
+        train = labelled_mask(table, "train")
+        pairs += zip(
+            table["image_id"].filter(train).to_pylist(),
+            table["label"].filter(train).to_pylist(),
+            strict=True,
+        )
+    splits = sorted(set(SPLITS) | set(labelled) | set(unlabelled))
+    counts = {split: SplitCounts(labelled[split], unlabelled[split]) for split in splits}
+    return counts, pairs
+
+
+def pairs_hash(pairs: Sequence[tuple[str, str]]) -> str:
+    """sha256 over sorted ``image_id<TAB>label`` lines: the identity of a labelled split."""
+    digest = hashlib.sha256()
+    for image_id, label in sorted(pairs):
+        digest.update(f"{image_id}\t{label}\n".encode())
+    return digest.hexdigest()

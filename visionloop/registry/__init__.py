@@ -1,0 +1,1 @@
+"""Registry: the MLflow tracking resource, lineage, the served model and promotion."""
