@@ -6,21 +6,22 @@ Three measurements on one model, batch and image size:
   pipeline);
 - **pipeline**: ``torchrun`` of ``visionloop.training.train`` on the lake — Parquet reader,
   decoding and RandAugment in DataLoader workers, DDP, checkpoints and metric logging —
-  for each process count; img/s of its last epoch's training loop;
+  for each process count; img/s of its last epoch's training loop, each run in a new run
+  folder (never a resumed one);
 - **loader**: the lake reader with train-time augmentation alone, to show it keeps up.
 
-The lake is ``--lake`` (a data home with an ingested lake; default: the Spark ingest of
-``data/sample`` into a temporary folder). Results: ``benchmarks/results/train-<device>.json``.
+Bare loop and pipeline alternate for ``--rounds`` rounds; the result is the median ratio and
+its spread. The lake is ``--lake`` (a data home with an ingested lake; default: the Spark
+ingest of ``data/sample`` into this run's fresh work folder).
+Results: ``benchmarks/results/train-<device>.json``.
 
-    .venv/bin/python benchmarks/train.py [--nproc 1 2] [--lake .visionloop]
+    .venv/bin/python benchmarks/train.py [--nproc 1 2] [--rounds 3] [--lake .visionloop]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,18 +29,13 @@ from pathlib import Path
 import torch
 from timm.optim import create_optimizer_v2
 
+from benchmarks.common import alternate, fresh_workdir, write_result
+from visionloop.lake.snapshot import LakeSnapshot, take
 from visionloop.settings import Settings, load_settings
-from visionloop.training.lake_reader import LakeDataset, LakeIndex, list_parquet_files, make_loader
+from visionloop.training.lake_reader import LakeDataset, LakeIndex, make_loader
 from visionloop.training.launch import run_training
 from visionloop.training.models import create_model, model_spec
 from visionloop.training.transforms import train_transform
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
-
-
-def device_name() -> str:
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 
 
 def bare_loop(settings: Settings, classes: int, steps: int, warmup: int) -> float:
@@ -76,9 +72,9 @@ def bare_loop(settings: Settings, classes: int, steps: int, warmup: int) -> floa
     return steps * batch / (time.perf_counter() - started)
 
 
-def loader_rate(settings: Settings, batches: int) -> float:
+def loader_rate(settings: Settings, snapshot: LakeSnapshot, batches: int) -> float:
     """img/s of the lake reader + train-time augmentation alone (one rank)."""
-    index = LakeIndex.scan(list_parquet_files(settings.images_dir), settings.classes)
+    index = LakeIndex.scan(snapshot)
     name, size = settings.training.model_name, settings.training.input_size
     spec = model_spec(create_model(name, len(index.labels), "none"), name, index.labels, size)
     dataset = LakeDataset(
@@ -100,27 +96,26 @@ def loader_rate(settings: Settings, batches: int) -> float:
     return seen / (time.perf_counter() - started) if seen else float(len(first.target))
 
 
-def pipeline_rate(settings: Settings, nproc: int, work: Path) -> dict:
-    """Last-epoch training img/s of the real torchrun pipeline with ``nproc`` processes."""
+def pipeline_rate(settings: Settings, snapshot: LakeSnapshot, nproc: int, work: Path) -> float:
+    """Last-epoch training img/s of the real torchrun pipeline, in a new run folder."""
     run_settings = settings.model_copy(
         update={"training": settings.training.model_copy(update={"nproc_per_node": nproc})}
     )
-    outcome = run_training(run_settings, work / f"run-{nproc}", log=lambda line: None)
-    last = outcome.history[-1]
-    return {"img_s": last["img_per_s"], "epochs": len(outcome.history)}
+    output = Path(tempfile.mkdtemp(prefix=f"run-{nproc}-", dir=work))
+    outcome = run_training(run_settings, output, snapshot, log=lambda line: None)
+    return outcome.history[-1]["img_per_s"]
 
 
 def default_lake(work: Path) -> Path:
     """Ingest the shipped sample with Spark into ``work``; returns that data home."""
-    from spark_jobs.preprocess_images import run_batch
     from visionloop.parameters import sample_sources
     from visionloop.spark import spark_session
+    from visionloop.spark_jobs.preprocess_images import run_batch
 
     settings = load_settings(data_home=work / "lake-home")
-    if not settings.images_dir.exists():
-        spark = spark_session(settings, "visionloop-benchmark")
-        run_batch(spark, settings, sample_sources())
-        spark.stop()
+    spark = spark_session(settings, "visionloop-benchmark")
+    run_batch(spark, settings, sample_sources())
+    spark.stop()
     return settings.data_home
 
 
@@ -128,14 +123,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", type=Path, help="data home holding an ingested lake")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
     parser.add_argument("--bare-steps", type=int, default=20)
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vl-train")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    lake = args.lake or default_lake(args.work)
-    base = load_settings(data_home=lake)
+    work = fresh_workdir("train")
+    base = load_settings(data_home=args.lake or default_lake(work))
     settings = base.model_copy(
         update={
             "training": base.training.model_copy(
@@ -147,32 +141,27 @@ def main() -> None:
             )
         }
     )
-    index = LakeIndex.scan(list_parquet_files(settings.images_dir), settings.classes)
-    classes = len(index.labels)
+    snapshot = take(settings.lake_dir)
+    classes = len(snapshot.classes)
     result = {
-        "machine": {
-            "device": device_name(),
-            "cpu_cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
         "model": settings.training.model_name,
         "input_size": settings.training.input_size,
         "batch_size": settings.training.batch_size,
         "num_workers": settings.training.num_workers,
-        "bare_img_s": round(bare_loop(settings, classes, args.bare_steps, warmup=5), 1),
-        "loader_img_s": round(loader_rate(settings, args.steps_per_epoch), 1),
+        "work": str(work),
+        "loader_img_s": round(loader_rate(settings, snapshot, args.steps_per_epoch), 1),
         "pipeline": {},
     }
     for nproc in args.nproc:
-        run = pipeline_rate(settings, nproc, args.work)
-        run["ratio_to_bare"] = round(run["img_s"] / result["bare_img_s"], 3)
-        result["pipeline"][str(nproc)] = run
-        print(json.dumps({"nproc": nproc, **run}), flush=True)
-    print(json.dumps(result, indent=2))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        rounds = alternate(
+            lambda: bare_loop(settings, classes, args.bare_steps, warmup=5),
+            lambda nproc=nproc: pipeline_rate(settings, snapshot, nproc, work),
+            args.rounds,
+        )
+        result["pipeline"][str(nproc)] = rounds
+        print(json.dumps({"nproc": nproc, **rounds}), flush=True)
     tag = "gpu" if torch.cuda.is_available() else "cpu"
-    (RESULTS_DIR / f"train-{tag}.json").write_text(json.dumps(result, indent=2))
+    write_result(f"train-{tag}", result)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Prefect tasks grouped by stage; each wraps plain, tested functions of ``visionloop``."""

@@ -14,9 +14,10 @@ from visionloop.lake import commit as lake
 from visionloop.settings import Settings
 from visionloop.spark import spark_session
 from visionloop.spark_jobs.preprocess_images import stage_batch
+from visionloop.tasks.retrying import transient_only
 
 
-@task(retries=2, retry_delay_seconds=10, cache_policy=NONE)
+@task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_only, cache_policy=NONE)
 def preprocess_batch(settings: Settings, sources: list[LandingSource]) -> dict[str, Any]:
     """Run the Spark preprocessing job on the landing sources into a staged batch."""
     report = stage_batch(spark_session(settings, "visionloop-ingest"), settings, sources)

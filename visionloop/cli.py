@@ -122,7 +122,7 @@ def ingest(
     """Ingest landing folders or manifests into the lake through the quality gate."""
     settings = _settings(config)
     from visionloop.flows.ingest import ingest as ingest_flow
-    from visionloop.ingest.landing import LandingSource
+    from visionloop.ingest.landing import LandingSource, resolve_layout
     from visionloop.parameters import IngestParameters
 
     with reported_errors():
@@ -131,6 +131,8 @@ def ingest(
             accept_failing_batch=accept_failing_batch,
             config=str(config) if config else None,
         )
+        for source in params.sources:  # a wrong path fails here, before any engine starts
+            resolve_layout(source)
     print_summary(settings, {"ingest": _run(lambda: ingest_flow(params))})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -15,7 +16,14 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from visionloop.parameters import SAMPLE_DIR
+from tests.browser import render
+from visionloop.parameters import (
+    SAMPLE_DIR,
+    IngestParameters,
+    NightlyParameters,
+    PromoteParameters,
+    TrainParameters,
+)
 from visionloop.settings import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -84,11 +92,42 @@ def _landing(tmp_path: Path) -> Path:
     return landing
 
 
+def _deployment_ids(api: str) -> dict[str, str]:
+    request = urllib.request.Request(
+        f"{api}/deployments/filter", data=b"{}", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return {item["name"]: item["id"] for item in json.load(response)}
+
+
+def _check_run_forms(api: str) -> None:
+    """Each deployment's Run page, rendered by Chromium, opens with its model's fields."""
+    forms = {
+        "nightly": NightlyParameters,
+        "ingest": IngestParameters,
+        "train": TrainParameters,
+        "promote": PromoteParameters,
+    }
+    ui = api.removesuffix("/api")
+    for name, deployment_id in _deployment_ids(api).items():
+        page = render(f"{ui}/v2/deployments/deployment/{deployment_id}/run")
+        titles = [
+            field.title or key.replace("_", " ").title()
+            for key, field in forms[name].model_fields.items()
+        ]
+        labels = " | ".join(page.labels)
+        missing = [title for title in titles if f"{title} (Optional)" not in labels]
+        assert not missing, f"{name}: no field for {missing}; labels: {page.labels}"
+        if name in ("nightly", "ingest"):  # the sample sources are pre-filled
+            assert str(SAMPLE_DIR / "unlabelled") in page.text, name
+
+
 def test_nightly_deployment_runs_from_the_api(prefect_env, tmp_path: Path) -> None:
     deployed = subprocess.run(
         [str(BIN / "visionloop"), "deploy"], env=prefect_env, capture_output=True, text=True
     )
     assert deployed.returncode == 0, deployed.stderr
+    _check_run_forms(prefect_env["PREFECT_API_URL"])
     worker = subprocess.Popen(
         [str(BIN / "prefect"), "worker", "start", "--pool", "visionloop", "--type", "process"],
         env=prefect_env,

@@ -161,33 +161,30 @@ def save_model(
 ) -> Path:
     """Write the pyfunc model (code, artifacts, signature, requirements) into ``directory``."""
     classifier = ImageClassifier.load(model_pt)
-    config = directory.parent / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "temperature": float(temperature),
-                "labels": classifier.labels,
-                "model_name": classifier.spec.model_name,
-                "input_size": classifier.spec.input_size,
-                "preprocessing": classifier.options.to_dict(),
-            },
-            indent=2,
-        )
-    )
+    config = {
+        "temperature": float(temperature),
+        "labels": classifier.labels,
+        "model_name": classifier.spec.model_name,
+        "input_size": classifier.spec.input_size,
+        "preprocessing": classifier.options.to_dict(),
+    }
     example = examples or [_grey_png(classifier.options.size)]
-    code = directory.parent / "code" / PACKAGE_DIR.name
-    shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    entry = directory.parent / "visionloop_model.py"
-    entry.write_text(MODEL_CODE)
-    mlflow.pyfunc.save_model(
-        path=str(directory),
-        python_model=str(entry),
-        artifacts={MODEL_PT_ARTIFACT: str(model_pt), CONFIG_ARTIFACT: str(config)},
-        code_paths=[str(code)],
-        signature=_signature(),
-        input_example=pd.DataFrame({IMAGE_COLUMN: example[:2]}),
-        pip_requirements=pip_requirements(),
-    )
+    with tempfile.TemporaryDirectory(prefix="visionloop-model-parts-") as parts:
+        config_path = Path(parts) / "config.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        code = Path(parts) / "code" / PACKAGE_DIR.name
+        shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        entry = Path(parts) / "visionloop_model.py"
+        entry.write_text(MODEL_CODE)
+        mlflow.pyfunc.save_model(
+            path=str(directory),
+            python_model=str(entry),
+            artifacts={MODEL_PT_ARTIFACT: str(model_pt), CONFIG_ARTIFACT: str(config_path)},
+            code_paths=[str(code)],
+            signature=_signature(),
+            input_example=pd.DataFrame({IMAGE_COLUMN: example[:2]}),
+            pip_requirements=pip_requirements(),
+        )
     return directory
 
 
@@ -264,9 +261,7 @@ def _log_model(
     return logged.model_id, logged.artifact_location
 
 
-def _register(
-    tracking: Tracking, run_id: str, model: tuple[str, str], tags: dict[str, str]
-) -> str:
+def _register(tracking: Tracking, run_id: str, model: tuple[str, str], tags: dict[str, str]) -> str:
     from mlflow.exceptions import MlflowException
 
     client, name = tracking.client, tracking.model_name

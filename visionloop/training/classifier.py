@@ -5,17 +5,15 @@ Built from the ``model.pt`` the training entry point writes (a plain dict, loade
 
     {"model_name", "labels", "input_size", "mean", "std", "image_options", "state_dict"}
 
-Every image goes through :func:`visionloop.preprocessing.model_image` — the ingest
-preprocessing — and then the evaluation transform training validates with, so an original
+Every image goes through :class:`~visionloop.training.inputs.ModelInputs` — the ingest
+preprocessing, then the evaluation transform training validates with — so an original
 photo and its stored copy in the lake give the same probabilities. Evaluation, calibration,
 the served MLflow model and batch scoring all predict through this class.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionloop.preprocessing import ImageOptions, model_image
+from visionloop.preprocessing import ImageOptions
+from visionloop.training.inputs import ModelInputs, run_batches
 from visionloop.training.models import ModelSpec, create_model
-from visionloop.training.transforms import eval_transform
 
 CHECKPOINT_KEYS = ("model_name", "labels", "input_size", "mean", "std", "image_options")
-
-
-class ImageInputError(ValueError):
-    """An input is not encoded image bytes (or base64 of them)."""
-
-
-def image_bytes(value: Any) -> bytes:
-    """Raw encoded bytes from bytes-like input or a base64 string (JSON serving sends those)."""
-    if isinstance(value, bytes | bytearray | memoryview | np.bytes_):
-        return bytes(value)
-    if isinstance(value, str):
-        try:
-            return base64.b64decode(value, validate=False)
-        except (binascii.Error, ValueError) as error:
-            raise ImageInputError(f"image string is not valid base64: {error}") from error
-    raise ImageInputError(
-        f"expected encoded image bytes or a base64 string, got {type(value).__name__}"
-    )
-
-
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class ImageClassifier:
@@ -75,7 +44,7 @@ class ImageClassifier:
         self.spec = spec
         self.options = options
         self.temperature = float(temperature)
-        self._transform = eval_transform(spec)
+        self.inputs = ModelInputs(spec, options)
 
     @classmethod
     def load(cls, path: Path | str, temperature: float = 1.0) -> ImageClassifier:
@@ -101,21 +70,14 @@ class ImageClassifier:
 
     def preprocess(self, images: Sequence[Any]) -> torch.Tensor:
         """A normalised batch tensor from encoded images (see the module docstring)."""
-        return torch.stack(
-            [self._transform(model_image(image_bytes(value), self.options)) for value in images]
-        )
+        return self.inputs.tensor(images)
 
-    @torch.inference_mode()
     def logits(self, images: Iterable[Any], batch_size: int = 64) -> np.ndarray:
         """Raw (uncalibrated) logits, shape (N, num_classes)."""
-        device = next(self.model.parameters()).device
-        chunks = [
-            self.model(self.preprocess(batch).to(device)).float().cpu().numpy()
-            for batch in batched(images, batch_size)
-        ]
-        if not chunks:
+        logits = run_batches(self.model, self.inputs, images, batch_size)
+        if logits is None:
             return np.zeros((0, self.spec.num_classes), dtype=np.float32)
-        return np.concatenate(chunks)
+        return logits
 
     def predict_proba(self, images: Iterable[Any], batch_size: int = 64) -> np.ndarray:
         """Calibrated probabilities ``softmax(logits / temperature)``, in label order."""

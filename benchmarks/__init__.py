@@ -1,0 +1,1 @@
+"""Benchmarks: measured comparisons against a baseline run beside them (see README.md)."""
