@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from pyspark.sql import SparkSession
 
 from visionloop.lake import commit as lake
 from visionloop.parameters import IngestParameters
@@ -17,19 +18,23 @@ from visionloop.tasks.ingest import (
     preprocess_batch,
     publish_ingest_report,
 )
+from visionloop.tasks.spark import start_spark
 from visionloop.tasks.validate import validate_batch
 
 
 @flow(name="ingest", log_prints=True)
 def ingest(params: IngestParameters = IngestParameters()) -> dict[str, Any]:
     """Preprocess the landing sources, gate the batch, and commit it to the lake."""
-    return ingest_batch(load_settings(params.config), params)
+    settings = load_settings(params.config)
+    return ingest_batch(start_spark(settings), settings, params)
 
 
-def ingest_batch(settings: Settings, params: IngestParameters) -> dict[str, Any]:
-    """The ingest steps, for flows that already hold resolved settings."""
+def ingest_batch(
+    spark: SparkSession, settings: Settings, params: IngestParameters
+) -> dict[str, Any]:
+    """The ingest steps, for flows that already hold the session and resolved settings."""
     with lake.writer(settings, f"flow run {flow_run.get_name()}"):
-        report = preprocess_batch(settings, params.sources)
+        report = preprocess_batch(spark, settings, params.sources)
         gate = validate_batch(settings, report, params.accept_failing_batch)
         publish_ingest_report(report, gate)
         if not gate["passed"]:

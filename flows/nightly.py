@@ -1,4 +1,10 @@
-"""Nightly flow: every stage of the loop, in order. Later stages plug in here."""
+"""Nightly flow: every stage of the loop, in order, on one Spark session and one snapshot.
+
+sync yesterday's labels → ingest → validate (a critical failure stops here) → embed →
+index → leakage → score with the current champion → drift → train/promote (unless nothing
+new) → score with tonight's champion → Feast → the night's decision, in one table →
+hand the most useful images (drifted ones first) to annotators.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +12,47 @@ from typing import Any
 
 from prefect import flow
 
+from visionloop.flows.embed import embed_stage
 from visionloop.flows.ingest import ingest_batch
 from visionloop.flows.train import train_and_promote
+from visionloop.monitoring.decision import decide
 from visionloop.parameters import NightlyParameters, TrainParameters
 from visionloop.settings import load_settings
+from visionloop.tasks.embed import refresh_feature_store
+from visionloop.tasks.labelling import connect_label_studio, hand_off, sync_annotations
+from visionloop.tasks.monitor import check_drift, publish_decision
+from visionloop.tasks.score import score_images
+from visionloop.tasks.spark import start_spark
 from visionloop.tasks.train import connect_tracking, snapshot_lake
 
 
 @flow(name="nightly", log_prints=True)
 def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
-    """Ingest → validate (a critical failure stops here) → train → promote."""
+    """The whole loop on tonight's batch; each branch of the decision is recorded."""
     settings = load_settings(params.config)
-    tracking = connect_tracking(settings) if params.train else None
-    result: dict[str, Any] = {"ingest": ingest_batch(settings, params)}
-    if tracking is not None:
+    tracking = connect_tracking(settings)  # an unreachable store fails before anything runs
+    studio = connect_label_studio(settings)
+    spark = start_spark(settings)
+    result: dict[str, Any] = {"labels": sync_annotations(settings, studio)}
+    result["ingest"] = ingest_batch(spark, settings, params)
+    batch_ids = [result["ingest"]["batch"]["batch_id"]]
+    snapshot = snapshot_lake(settings)
+    result["embed"] = embed_stage(spark, settings, snapshot, tracking, batch_ids)
+    score_images(spark, settings, snapshot, tracking)  # tonight's images, by the champion
+    version = result["embed"]["embeddings"]["embedder_version"]
+    result["drift"] = check_drift(settings, snapshot, tracking, version, batch_ids)
+    if params.train:
         gate = result["ingest"]["gate"]
         expectations = {key: gate[key] for key in ("passed", "overridden", "batch_id")}
         training = TrainParameters(force=params.force_training, config=params.config)
-        snapshot = snapshot_lake(settings)
         result["train"] = train_and_promote(tracking, settings, snapshot, training, expectations)
+        result["score"] = score_images(spark, settings, snapshot, tracking)  # a new champion
+    result["feature_views"] = refresh_feature_store(settings)
+    plan = result.get("train", {}).get("plan", {"action": "skip", "reason": "training is off"})
+    drift = result["drift"]
+    decision = decide(plan["action"], plan["reason"], drift["drifted"], drift["note"])
+    result["decision"] = publish_decision(decision)
+    result["handoff"] = hand_off(
+        settings, snapshot, tracking, studio, version, drift["drifted_ids"]
+    )
     return result

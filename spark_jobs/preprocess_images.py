@@ -35,13 +35,15 @@ from visionloop.lake import commit as lake
 from visionloop.lake.contract import (
     DUPLICATES_SCHEMA,
     IMAGES_SCHEMA,
+    LABEL_EVENTS_SCHEMA,
     QUARANTINE_SCHEMA,
     Reason,
     split_for,
 )
+from visionloop.lake.label_events import seed_events
 from visionloop.lake.label_map import index_of
 from visionloop.lake.snapshot import IMAGES, list_table
-from visionloop.lake.writers import ParquetSink, TFRecordSink, write_through
+from visionloop.lake.writers import MappedSink, ParquetSink, TFRecordSink, write_through
 from visionloop.preprocessing import ImageOptions, ProcessedImage, image_options, process_file
 from visionloop.settings import Settings, SplitFractions, load_settings
 
@@ -145,8 +147,11 @@ def finalise_partition(
         for file, entry_id in zip(files, ids, strict=True):
             wanted.setdefault(file, []).append(entry_id)
     name = _task_name(batch_id)
+    rows = settings.parquet_row_group_rows
+    events = ParquetSink(staging.table("label_events"), name, LABEL_EVENTS_SCHEMA, rows)
     sinks = [
-        ParquetSink(staging.table("images"), name, IMAGES_SCHEMA, settings.parquet_row_group_rows),
+        ParquetSink(staging.table("images"), name, IMAGES_SCHEMA, rows),
+        MappedSink(events, functools.partial(seed_events, recorded_at=ingested_at)),
         TFRecordSink(
             staging.table("tfrecord"),
             name,
@@ -174,7 +179,9 @@ def _new_rows(file: Path, entry_ids: list[int], ingested_at: datetime) -> pa.Tab
             "label": rows["label"],
             "label_source": seed,
             "annotator": pa.nulls(count, pa.string()),
-            "labelled_at": pa.nulls(count, timestamp),
+            "labelled_at": pc.if_else(
+                pc.is_valid(rows["label"]), pa.scalar(ingested_at, timestamp), None
+            ),
             "split": rows["split"],
             "width": rows["width"],
             "height": rows["height"],

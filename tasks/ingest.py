@@ -8,19 +8,21 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from pyspark.sql import SparkSession
 
 from visionloop.ingest.landing import LandingSource
 from visionloop.lake import commit as lake
 from visionloop.settings import Settings
-from visionloop.spark import spark_session
 from visionloop.spark_jobs.preprocess_images import stage_batch
 from visionloop.tasks.retrying import transient_only
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_only, cache_policy=NONE)
-def preprocess_batch(settings: Settings, sources: list[LandingSource]) -> dict[str, Any]:
+def preprocess_batch(
+    spark: SparkSession, settings: Settings, sources: list[LandingSource]
+) -> dict[str, Any]:
     """Run the Spark preprocessing job on the landing sources into a staged batch."""
-    report = stage_batch(spark_session(settings, "visionloop-ingest"), settings, sources)
+    report = stage_batch(spark, settings, sources)
     settings.save(settings.runs_dir / report["batch_id"])
     return report
 

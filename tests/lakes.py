@@ -24,6 +24,7 @@ from PIL import Image
 from visionloop.ingest.samples import CLASS_NAMES, load_part
 from visionloop.lake import commit as lake
 from visionloop.lake.contract import IMAGES_SCHEMA, split_for
+from visionloop.lake.label_events import seed_events
 from visionloop.settings import Settings, SplitFractions, load_settings
 
 FASHION_CLASSES = CLASS_NAMES
@@ -127,6 +128,9 @@ def commit_rows(
             table, staging.table("images") / name, row_group_size=row_group_rows, compression="zstd"
         )
         names.append(name)
+    events = seed_events(pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA), datetime.now(UTC))
+    staging.table("label_events").mkdir()
+    pq.write_table(events, staging.table("label_events") / "part-00000.parquet")
     lake.commit(settings, batch_id, {"batch_id": batch_id, "written": len(rows)})
     return [settings.images_dir / f"batch_id={batch_id}" / name for name in names]
 

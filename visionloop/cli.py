@@ -21,6 +21,17 @@ import typer
 from visionloop.settings import Settings, SettingsError, load_settings
 
 EXIT_FAILED, EXIT_USAGE, EXIT_GATE, EXIT_UNREACHABLE = 1, 2, 3, 4
+DEPLOYMENTS = (
+    "nightly",
+    "ingest",
+    "embed",
+    "score",
+    "drift",
+    "train",
+    "promote",
+    "sync_labels",
+    "handoff",
+)
 
 app = typer.Typer(help="Keep image classifiers fresh.", no_args_is_help=True)
 ConfigOption = Annotated[
@@ -45,7 +56,9 @@ def prefect_env(settings: Settings) -> None:
 
 def _exit_codes() -> dict[type[Exception], int]:
     """Known errors and their exit codes (imported late: nothing heavy on ``--help``)."""
+    from visionloop.embeddings.similar import SimilarityError
     from visionloop.ingest.landing import LandingError
+    from visionloop.labelling.server import LabelStudioUnavailableError
     from visionloop.lake.snapshot import SnapshotError
     from visionloop.locks import LockBusyError
     from visionloop.quality.gate import QualityGateError
@@ -61,6 +74,8 @@ def _exit_codes() -> dict[type[Exception], int]:
         LandingError: EXIT_USAGE,
         QualityGateError: EXIT_GATE,
         TrackingUnavailableError: EXIT_UNREACHABLE,
+        SimilarityError: EXIT_USAGE,
+        LabelStudioUnavailableError: EXIT_UNREACHABLE,
         SparkUnavailableError: EXIT_FAILED,
         LockBusyError: EXIT_FAILED,
         SnapshotError: EXIT_FAILED,
@@ -178,7 +193,7 @@ def deploy(
         deploy_all(_settings(config), pool)
     except DeployError as error:
         _fail(str(error), EXIT_UNREACHABLE)
-    typer.echo("deployed: nightly/nightly, ingest/ingest, train/train, promote/promote")
+    typer.echo(f"deployed to pool {pool}: " + ", ".join(f"{name}/{name}" for name in DEPLOYMENTS))
 
 
 @app.command()
@@ -211,6 +226,48 @@ def promote(
 
     params = PromoteParameters(version=version, config=str(config) if config else None)
     typer.echo(json.dumps(_run(lambda: promote_flow(params)), indent=2, default=str))
+
+
+@app.command()
+def similar(
+    query: Annotated[str, typer.Argument(help="an image file, or the id of a lake image")],
+    k: Annotated[int, typer.Option("-k", help="how many similar images")] = 10,
+    config: ConfigOption = None,
+) -> None:
+    """The images most like QUERY, from the similar-image index."""
+    settings = _settings(config)
+    from visionloop.embeddings.embedder import current_embedder
+    from visionloop.embeddings.similar import similar as find_similar
+    from visionloop.registry.tracking import Tracking
+
+    def search():
+        source = current_embedder(settings, Tracking.connect(settings))
+        return find_similar(settings, source, query, k)
+
+    for match in _run(search):
+        typer.echo(
+            f"{match.similarity:.4f}  {match.image_id}  {match.split or '-':5}  "
+            f"{match.label or '(unlabelled)':12}  {match.source_uri or ''}"
+        )
+
+
+@app.command("label-studio")
+def label_studio(config: ConfigOption = None) -> None:
+    """Run the local Label Studio (127.0.0.1, data under the data home) until Ctrl-C."""
+    settings = _settings(config)
+    from visionloop.labelling.server import start
+
+    server = _run(lambda: start(settings))
+    typer.echo(
+        f"Label Studio: {server.url} (log in as {settings.labelling.admin_email}; the password "
+        f"and API token are in {settings.secrets_dir / 'label-studio-token'}). Ctrl-C stops it."
+    )
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
 
 
 @app.command()

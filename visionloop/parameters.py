@@ -46,6 +46,47 @@ class PromoteParameters(BaseModel):
     config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
 
 
+class EmbedParameters(BaseModel):
+    """Embed the lake's images (incrementally), refresh the index, check for leakage."""
+
+    batch_ids: list[str] = Field(
+        default_factory=list,
+        description="batches whose images are checked for leakage; empty: the latest ingest",
+    )
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
+
+
+class ScoreParameters(BaseModel):
+    """Score the lake's images the champion has not scored yet."""
+
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
+
+
+class DriftParameters(BaseModel):
+    """Which new images to compare with the champion's training images."""
+
+    batch_ids: list[str] = Field(
+        default_factory=list, description="batches to check; empty: see days"
+    )
+    days: int = Field(
+        0, ge=0, description="batches ingested in the last N days; 0: the latest ingest only"
+    )
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
+
+
+class SyncParameters(BaseModel):
+    """Bring completed annotations back into the lake."""
+
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
+
+
+class HandoffParameters(BaseModel):
+    """Select the images the champion is least sure about and send them to annotators."""
+
+    budget: int | None = Field(None, ge=0, description="images to send; default labelling.budget")
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")
+
+
 class NightlyParameters(IngestParameters):
     """The nightly retraining run: ingest, then train and promote."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -88,6 +88,85 @@ class PromotionSettings(BaseModel):
     first_model_floor: float = Field(0.5, ge=0, le=1)
 
 
+class EmbeddingSettings(BaseModel):
+    """The frozen embedder behind similarity search, leakage checks and drift."""
+
+    model_name: str = "tf_efficientnet_lite0"
+    weights: Literal["packaged", "champion"] | Path = Field(
+        "packaged",
+        description="packaged ImageNet weights, the champion's backbone, or a weights file",
+    )
+    input_size: int = Field(64, ge=16)
+    batch_size: int = Field(128, ge=1)
+    threads_per_task: int = Field(1, ge=1, description="torch threads in each Spark task")
+
+
+class SimilaritySettings(BaseModel):
+    """The approximate nearest-neighbour index over the embeddings."""
+
+    dimensions: int = Field(128, ge=8, description="PCA dimensions the index searches in")
+    connectivity: int = Field(32, ge=4, description="HNSW graph degree (M)")
+    ef_construction: int = Field(200, ge=8)
+    ef_search: int = Field(64, ge=10)
+
+
+class LeakageSettings(BaseModel):
+    """Near-duplicates (same split) and leakage (across splits) by embedding similarity."""
+
+    threshold: float = Field(
+        0.995, gt=0, le=1, description="fingerprint similarity of a pair (measured default)"
+    )
+    neighbours: int = Field(50, ge=1, description="candidates per image, from each index")
+    max_leakage_rate: float = Field(0.01, ge=0, le=1)
+    severity: Literal["warning", "critical"] = "warning"
+
+
+class DriftSettings(BaseModel):
+    """Evidently drift of the new images against the champion's training images."""
+
+    reference_size: int = Field(2000, ge=200)
+    min_current: int = Field(50, ge=10, description="fewer new images cannot be judged")
+    classifier_auc: float = Field(0.55, gt=0.5, le=1)
+    mmd: float = Field(0.015, gt=0)
+    ratio: float = Field(0.2, gt=0, le=1)
+    votes: int = Field(2, ge=1, le=3, description="embedding methods that must agree")
+    seed: int = 0
+
+
+class FeatureStoreSettings(BaseModel):
+    """The Feast store on ``feature_repo/`` (registry and online store under the data home)."""
+
+    online_write_batch_size: int = Field(
+        2000, ge=1, description="rows per online write while materialising (bounds memory)"
+    )
+
+
+class LabellingSettings(BaseModel):
+    """Active learning and the Label Studio round trip."""
+
+    url: str | None = Field(
+        None,
+        description="an existing Label Studio; unset: the local one (visionloop label-studio)",
+    )
+    token: SecretStr | None = Field(
+        None, description="its API token; unset: <data_home>/secrets/label-studio-token"
+    )
+    port: int = Field(8080, ge=1, le=65535, description="of the local Label Studio")
+    admin_email: str = "admin@visionloop.local"
+    budget: int = Field(200, ge=0, description="images sent to annotators per night")
+    strategy: Literal["margin", "entropy", "least_confidence", "random", "margin_clusters"] = (
+        "margin"
+    )
+    min_agreement: float = Field(
+        0.5, gt=0, le=1, description="share of a task's annotations its label needs (strictly more)"
+    )
+    confident: float = Field(
+        0.9, gt=0, le=1, description="an annotation against a prediction this sure is reviewed"
+    )
+    overlay: bool = Field(True, description="send a Grad-CAM overlay of the predicted class")
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     """Everything visionloop can be configured with, in one place."""
 
@@ -129,6 +208,12 @@ class Settings(BaseSettings):
     registered_model_name: str = "visionloop-classifier"
     training: TrainingSettings = TrainingSettings()
     promotion: PromotionSettings = PromotionSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
+    similarity: SimilaritySettings = SimilaritySettings()
+    leakage: LeakageSettings = LeakageSettings()
+    drift: DriftSettings = DriftSettings()
+    feature_store: FeatureStoreSettings = FeatureStoreSettings()
+    labelling: LabellingSettings = LabellingSettings()
 
     @field_validator("data_home")
     @classmethod
@@ -170,6 +255,32 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.lake_dir / "_staging"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_home / "reports"
+
+    @property
+    def models_dir(self) -> Path:
+        """Registered model versions fetched for batch scoring and the embedder."""
+        return self.data_home / "models"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_home / "index"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.data_home / "feast"
+
+    @property
+    def labelling_dir(self) -> Path:
+        """Label Studio's data, the files annotators see, the outbox and the sync cursor."""
+        return self.data_home / "labelling"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_home / "secrets"
 
     @property
     def runs_dir(self) -> Path:

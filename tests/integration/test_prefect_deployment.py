@@ -19,9 +19,12 @@ import pytest
 from tests.browser import render
 from visionloop.parameters import (
     SAMPLE_DIR,
+    DriftParameters,
+    EmbedParameters,
     IngestParameters,
     NightlyParameters,
     PromoteParameters,
+    ScoreParameters,
     TrainParameters,
 )
 from visionloop.settings import REPO_ROOT
@@ -105,6 +108,9 @@ def _check_run_forms(api: str) -> None:
     forms = {
         "nightly": NightlyParameters,
         "ingest": IngestParameters,
+        "embed": EmbedParameters,
+        "score": ScoreParameters,
+        "drift": DriftParameters,
         "train": TrainParameters,
         "promote": PromoteParameters,
     }

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,19 @@ from visionloop.lake import label_map
 from visionloop.lake.snapshot import list_table
 from visionloop.settings import Settings
 
-TABLES = ("images", "quarantine", "duplicates", "tfrecord")
+#: Tables a staged batch may hold: an ingest batch its images, seed label events,
+#: quarantine, duplicates and TFRecords; an embedding or scoring run its own table; a label
+#: sync its label events and reviews.
+TABLES = (
+    "images",
+    "label_events",
+    "label_reviews",
+    "quarantine",
+    "duplicates",
+    "tfrecord",
+    "embeddings",
+    "predictions",
+)
 READY_MARKER = "_READY"
 
 
@@ -112,19 +125,26 @@ def _roll_forward(settings: Settings, batch_id: str, staging: BatchStaging) -> N
 
 
 def batch_labels(settings: Settings, staging: BatchStaging, batch_id: str) -> set[str]:
-    """The distinct labels of a batch's images (``label`` column only), staged or moved."""
-    images = staging.table("images")
-    if not images.exists():  # moved into the lake before an interruption
-        images = partition_dir(settings, "images", batch_id)
-    if not any(images.glob("*.parquet")):
-        return set()
-    labels = ds.dataset(images, format="parquet").to_table(columns=["label"])["label"]
-    return {label for label in labels.unique().to_pylist() if label is not None}
+    """The distinct labels a batch brings (images and label events), staged or moved."""
+    labels: set[str] = set()
+    for table in ("images", "label_events"):
+        folder = staging.table(table)
+        if not folder.exists():  # moved into the lake before an interruption
+            folder = partition_dir(settings, table, batch_id)
+        if any(folder.glob("*.parquet")):
+            column = ds.dataset(folder, format="parquet").to_table(columns=["label"])["label"]
+            labels.update(label for label in column.unique().to_pylist() if label is not None)
+    return labels
 
 
 def batch_label_map(settings: Settings, labels: set[str]) -> tuple[str, ...]:
     """The label map once a batch with ``labels`` is committed (index order, append-only)."""
     return label_map.extended(label_map.read(settings.lake_dir), settings.classes, labels)
+
+
+def discard(settings: Settings, batch_id: str) -> None:
+    """Drop a staged batch that turned out to hold nothing."""
+    shutil.rmtree(settings.staging_dir / batch_id, ignore_errors=True)
 
 
 def hold(settings: Settings, batch_id: str, report: dict[str, Any]) -> Path:
@@ -156,6 +176,15 @@ def committed_batches(settings: Settings) -> list[dict[str, Any]]:
     if not reports.exists():
         return []
     return [json.loads(path.read_text()) for path in sorted(reports.glob("*.json"))]
+
+
+def recent_ingests(settings: Settings, days: int = 0) -> list[str]:
+    """Ingest batches committed in the last ``days`` days; with 0, the latest one."""
+    ingests = [report for report in committed_batches(settings) if "files_in" in report]
+    if not days:
+        return [ingests[-1]["batch_id"]] if ingests else []
+    since = datetime.now(UTC) - timedelta(days=days)
+    return [r["batch_id"] for r in ingests if datetime.fromisoformat(r["ingested_at"]) >= since]
 
 
 def has_rows(settings: Settings, name: str = "images") -> bool:

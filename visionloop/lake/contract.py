@@ -44,6 +44,71 @@ QUARANTINE_COLUMNS: dict[str, pa.DataType] = {
 }
 QUARANTINE_SCHEMA = pa.schema(list(QUARANTINE_COLUMNS.items()))
 
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+#: Label events: append-only; the label an image has is its latest event (``recorded_at``).
+#: Ingest records the label a file came with (``seed``), label sync the annotators' labels.
+LABEL_EVENT_COLUMNS: dict[str, pa.DataType] = {
+    "event_id": pa.string(),  # sha256 of what makes the event unique
+    "image_id": pa.string(),
+    "label": pa.string(),
+    "label_source": pa.string(),  # seed | annotator
+    "annotator": pa.string(),  # who (annotator events)
+    "labelled_at": TIMESTAMP,  # when the label was given
+    "recorded_at": TIMESTAMP,  # when the lake learned it (the point-in-time clock)
+    "task_id": pa.int64(),  # Label Studio task and annotation (annotator events)
+    "annotation_id": pa.int64(),
+}
+LABEL_EVENTS_SCHEMA = pa.schema(list(LABEL_EVENT_COLUMNS.items()))
+
+#: Annotations that did not become a label: skipped tasks, ties, too little agreement, or a
+#: disagreement with a confident prediction. Kept for review, never used for training.
+LABEL_REVIEW_COLUMNS: dict[str, pa.DataType] = {
+    "review_id": pa.string(),  # sha256 of the task and the annotations reviewed
+    "image_id": pa.string(),
+    "task_id": pa.int64(),
+    "reason": pa.string(),  # skipped | tie | low_agreement | disagrees_with_confident_model
+    "votes": pa.string(),  # JSON: {label: count}
+    "annotators": pa.string(),
+    "annotation_ids": pa.string(),
+    "predicted": pa.string(),
+    "confidence": pa.float64(),
+    "recorded_at": TIMESTAMP,
+}
+LABEL_REVIEWS_SCHEMA = pa.schema(list(LABEL_REVIEW_COLUMNS.items()))
+
+#: Model outputs per image, for one model version; ``probabilities`` in the model's label order.
+PREDICTION_COLUMNS: dict[str, pa.DataType] = {
+    "image_id": pa.string(),
+    "model_name": pa.string(),
+    "model_version": pa.string(),
+    "label": pa.string(),
+    "probabilities": pa.list_(pa.float64()),
+    "confidence": pa.float64(),  # top probability
+    "margin": pa.float64(),  # top minus second probability
+    "entropy": pa.float64(),  # of the probabilities, in nats
+    "scored_at": TIMESTAMP,
+}
+PREDICTIONS_SCHEMA = pa.schema(list(PREDICTION_COLUMNS.items()))
+
+
+def embeddings_schema(dimensions: int, fingerprint: int) -> pa.Schema:
+    """One vector per (image, embedder version); never two versions in one vector space.
+
+    ``fingerprint`` is the image's pixel fingerprint (near-duplicate verification, see
+    :mod:`visionloop.embeddings.fingerprints`), whose version is part of the embedder's.
+    """
+    return pa.schema(
+        [
+            ("image_id", pa.string()),
+            ("embedder_version", pa.string()),
+            ("vector", pa.list_(pa.float32(), dimensions)),
+            ("fingerprint", pa.list_(pa.float32(), fingerprint)),
+            ("created_at", TIMESTAMP),
+        ]
+    )
+
+
 DUPLICATES_SCHEMA = pa.schema(
     [("uri", pa.string()), ("image_id", pa.string()), ("duplicate_of", pa.string())]
 )

@@ -1,12 +1,17 @@
 """A frozen snapshot of the lake and the one reader of its tables.
 
 :func:`list_table` is the only place that lists a table's committed files. :func:`take`
-freezes the images table into a :class:`LakeSnapshot` — the exact files, their sizes and
-sha256, the label map, and the counts and training-split hash computed from them — once per
-run. Planning, training (the ``torchrun`` ranks read it from JSON), calibration, evaluation,
-promotion and lineage all receive that value, so a batch committed meanwhile changes nothing
-they see and the lineage names exactly what was read. Committed files are never rewritten;
-:meth:`LakeSnapshot.verify` refuses a snapshot whose files have gone or changed size.
+freezes the images table and the label events into a :class:`LakeSnapshot` — the exact
+files, their sizes and sha256, the label map, and the counts and training-split hash
+computed from them — once per run. Planning, training (the ``torchrun`` ranks read it from
+JSON), calibration, evaluation, promotion and lineage all receive that value, so a batch
+committed meanwhile changes nothing they see and the lineage names exactly what was read.
+Committed files are never rewritten; :meth:`LakeSnapshot.verify` refuses a snapshot whose
+files have gone or changed size.
+
+An image's label is its latest label event (ingest records the label a file came with,
+label sync the annotators'); images without an event keep the ``label`` they were ingested
+with. :meth:`LakeSnapshot.labels` resolves that, and every reader of labels uses it.
 
 :func:`row_groups` is the one row-group walker: it reads only the asked-for columns, one
 row group at a time, so no table is ever loaded whole.
@@ -14,10 +19,12 @@ row group at a time, so no table is ever loaded whole.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +37,7 @@ import pyarrow.parquet as pq
 from visionloop.lake import label_map
 from visionloop.lake.contract import PARTITION_COLUMN, SPLITS
 
-IMAGES = "images"
+IMAGES, LABEL_EVENTS = "images", "label_events"
 _HASH_CHUNK = 1 << 20
 
 
@@ -89,12 +96,17 @@ def row_groups(paths: Sequence[str | Path], columns: Sequence[str]) -> Iterator[
             yield RowGroup(number, group, parquet.read_row_group(group, columns=list(columns)))
 
 
-def labelled_mask(table: pa.Table, split: str | None) -> pa.ChunkedArray:
-    """Rows of ``table`` (with ``label``, and ``split`` when given) that are labelled [in split]."""
-    mask = pc.is_valid(table["label"])
-    if split is not None:
-        mask = pc.and_(mask, pc.fill_null(pc.equal(table["split"], pa.scalar(split)), False))
-    return mask
+def latest_labels(paths: Sequence[str | Path]) -> dict[str, tuple[str, str]]:
+    """``image_id -> (label, label_source)`` of each image's latest label event."""
+    latest: dict[str, tuple[str, str, str, str]] = {}
+    columns = ["image_id", "label", "label_source", "recorded_at", "event_id"]
+    for part in row_groups(paths, columns):
+        rows = zip(*(part.table[name].to_pylist() for name in columns), strict=True)
+        for image_id, label, source, recorded_at, event_id in rows:
+            order = (recorded_at.isoformat(), event_id)
+            if image_id not in latest or order > latest[image_id][2:]:
+                latest[image_id] = (label, source, *order)
+    return {image_id: (value[0], value[1]) for image_id, value in latest.items()}
 
 
 @dataclass(frozen=True)
@@ -105,12 +117,13 @@ class SplitCounts:
 
 @dataclass(frozen=True)
 class LakeSnapshot:
-    """The images table as it was at ``taken_at``: files, label map, counts, training hash."""
+    """The images table and label events as they were at ``taken_at``, and what follows."""
 
     lake_dir: str
     taken_at: str
-    files: tuple[TableFile, ...]
+    files: tuple[TableFile, ...]  # of the images table
     classes: tuple[str, ...]  # the label map, in index order
+    label_events: tuple[TableFile, ...] = ()
     split_counts: dict[str, SplitCounts] = field(default_factory=dict)
     train_rows: int = 0
     train_hash: str = ""  # sha256 of the sorted "image_id<TAB>label" lines of labelled train rows
@@ -121,9 +134,13 @@ class LakeSnapshot:
     def id(self) -> str:
         """A content identity: the same files (by hash) give the same id."""
         digest = hashlib.sha256()
-        for item in self.files:
-            digest.update(f"{item.batch_id}/{Path(item.path).name}:{item.sha256}\n".encode())
+        for item in (*self.files, *self.label_events):
+            digest.update(f"{item.path}:{item.sha256}\n".encode())
         return digest.hexdigest()[:16]
+
+    @property
+    def lake_path(self) -> Path:
+        return Path(self.lake_dir)
 
     @property
     def paths(self) -> list[str]:
@@ -145,7 +162,7 @@ class LakeSnapshot:
 
     def verify(self) -> None:
         """Raise :class:`SnapshotError` if a file is gone or no longer the size it was."""
-        for item in self.files:
+        for item in (*self.files, *self.label_events):
             path = Path(item.path)
             if not path.exists():
                 raise SnapshotError(
@@ -155,10 +172,36 @@ class LakeSnapshot:
             if path.stat().st_size != item.size:
                 raise SnapshotError(f"{path} changed size since snapshot {self.id} was taken")
 
+    # ------------------------------------------------------------------ labels
+
+    @functools.cached_property
+    def _events(self) -> dict[str, tuple[str, str]]:
+        return latest_labels([item.path for item in self.label_events])
+
+    def labels(self, table: pa.Table) -> pa.Array:
+        """The effective label of each row of ``table`` (``image_id`` and ``label`` columns)."""
+        events = self._events
+        if not events:
+            return table["label"].combine_chunks()
+        ids, seed = table["image_id"].to_pylist(), table["label"].to_pylist()
+        resolved = [events[i][0] if i in events else s for i, s in zip(ids, seed, strict=True)]
+        return pa.array(resolved, pa.string())
+
+    def label_sources(self) -> Mapping[str, tuple[str, str]]:
+        """``image_id -> (label, label_source)`` of images that have label events."""
+        return self._events
+
     # ------------------------------------------------------------------ reading
 
     def row_groups(self, columns: Sequence[str]) -> Iterator[RowGroup]:
-        return row_groups(self.paths, columns)
+        """Row groups of the images table; ``label`` (when asked for) is the effective label."""
+        wanted = list(dict.fromkeys([*columns, *(["image_id"] if "label" in columns else [])]))
+        for part in row_groups(self.paths, wanted):
+            table = part.table
+            if "label" in columns:
+                index = table.column_names.index("label")
+                table = table.set_column(index, "label", self.labels(table))
+            yield RowGroup(part.file, part.group, table.select(list(columns)))
 
     def labelled(
         self, split: str, batch_size: int = 256, columns: Sequence[str] = ("image",)
@@ -169,16 +212,16 @@ class LakeSnapshot:
         wanted rows.
         """
         pending: dict[str, list[Any]] = {name: [] for name in ("image_id", "label", *columns)}
-        keys = ["image_id", "label", "split"]
-        for part in self.row_groups(keys):
+        for part in self.row_groups(["image_id", "label", "split"]):
             mask = labelled_mask(part.table, split)
             if not pc.any(mask).as_py():
                 continue
-            wanted = self._read_group(part, columns).filter(mask) if columns else None
             pending["image_id"] += part.table["image_id"].filter(mask).to_pylist()
             pending["label"] += part.table["label"].filter(mask).to_pylist()
-            for name in columns:
-                pending[name] += wanted[name].to_pylist()
+            if columns:
+                wanted = self._read_group(part, columns).filter(mask)
+                for name in columns:
+                    pending[name] += wanted[name].to_pylist()
             while len(pending["image_id"]) >= batch_size:
                 yield {name: values[:batch_size] for name, values in pending.items()}
                 pending = {name: values[batch_size:] for name, values in pending.items()}
@@ -202,6 +245,7 @@ class LakeSnapshot:
             taken_at=data["taken_at"],
             files=tuple(TableFile(**item) for item in data["files"]),
             classes=tuple(data["classes"]),
+            label_events=tuple(TableFile(**item) for item in data.get("label_events", ())),
             split_counts={
                 split: SplitCounts(**counts) for split, counts in data["split_counts"].items()
             },
@@ -226,6 +270,7 @@ class LakeSnapshot:
             "batch_ids": list(self.batch_rows),
             "batch_rows": self.batch_rows,
             "rows": self.rows,
+            "label_event_files": len(self.label_events),
             "split_rows": {split: asdict(counts) for split, counts in self.split_counts.items()},
             "train_rows": self.train_rows,
             "train_hash": self.train_hash,
@@ -233,26 +278,34 @@ class LakeSnapshot:
         }
 
 
+def labelled_mask(table: pa.Table, split: str | None) -> pa.ChunkedArray:
+    """Rows of ``table`` (with ``label``, and ``split`` when given) that are labelled [in split]."""
+    mask = pc.is_valid(table["label"])
+    if split is not None:
+        mask = pc.and_(mask, pc.fill_null(pc.equal(table["split"], pa.scalar(split)), False))
+    return mask
+
+
 def take(lake_dir: Path) -> LakeSnapshot:
-    """Freeze the images table as it is now (reads three small columns of every file)."""
-    files = tuple(TableFile.describe(path) for path in list_table(lake_dir, IMAGES))
-    counts, pairs = _scan([item.path for item in files])
-    return LakeSnapshot(
+    """Freeze the images table and label events as they are now, with counts and hashes."""
+    frozen = LakeSnapshot(
         lake_dir=str(lake_dir),
         taken_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        files=files,
+        files=tuple(TableFile.describe(path) for path in list_table(lake_dir, IMAGES)),
         classes=label_map.read(lake_dir),
-        split_counts=counts,
-        train_rows=len(pairs),
-        train_hash=pairs_hash(pairs),
+        label_events=tuple(TableFile.describe(path) for path in list_table(lake_dir, LABEL_EVENTS)),
+    )
+    counts, pairs = _scan(frozen)
+    return dataclasses.replace(
+        frozen, split_counts=counts, train_rows=len(pairs), train_hash=pairs_hash(pairs)
     )
 
 
-def _scan(paths: Sequence[str]) -> tuple[dict[str, SplitCounts], list[tuple[str, str]]]:
+def _scan(snapshot: LakeSnapshot) -> tuple[dict[str, SplitCounts], list[tuple[str, str]]]:
     labelled: Counter[str] = Counter()
     unlabelled: Counter[str] = Counter()
     pairs: list[tuple[str, str]] = []
-    for part in row_groups(paths, ["image_id", "label", "split"]):
+    for part in snapshot.row_groups(["image_id", "label", "split"]):
         table = part.table
         has_label = pc.is_valid(table["label"]).to_pylist()
         for split, is_labelled in zip(table["split"].to_pylist(), has_label, strict=True):

@@ -8,7 +8,7 @@ partial ones beside them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -52,6 +52,20 @@ class ParquetSink:
             self.temporary.unlink()
             return []
         return [(_finish(self.temporary), None, self.rows)]
+
+
+class MappedSink:
+    """A sink that writes ``transform(batch)`` instead of the batch (e.g. derived rows)."""
+
+    def __init__(self, sink: Sink, transform: Callable[[pa.RecordBatch], pa.Table]) -> None:
+        self.sink, self.transform = sink, transform
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        for derived in self.transform(batch).to_batches():
+            self.sink.write(derived)
+
+    def close(self) -> list[tuple[Path, str | None, int]]:
+        return self.sink.close()
 
 
 def tf_example(row: dict, label_index: dict[str, int], size: int) -> dict[str, tuple[object, str]]:

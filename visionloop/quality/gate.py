@@ -16,6 +16,7 @@ from settings as a suite parameter (``{"$PARAMETER": name}``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -59,6 +60,7 @@ class GateResult:
     batch_id: str = ""
     pages: dict[str, Path] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    hint: str = OVERRIDE_HINT  # what an operator can do about a failure
 
     @property
     def critical_failures(self) -> list[ExpectationOutcome]:
@@ -99,7 +101,7 @@ class GateResult:
         if "index" in self.pages:
             lines.append(f"All results: {self.pages['index']}")
         if not self.overridden:
-            lines.append(OVERRIDE_HINT)
+            lines.append(self.hint)
         return "\n".join(lines)
 
     def summary_rows(self) -> list[dict[str, Any]]:
@@ -282,3 +284,31 @@ def _record(settings: Settings, result: GateResult) -> Path:
     path = directory / "validation.json"
     path.write_text(json.dumps(result.to_json(), indent=2, default=str))
     return path
+
+
+LEAKAGE_SUITE = "leakage"
+
+
+def leakage_gate(settings: Settings, run_name: str, summary: dict[str, Any]) -> GateResult:
+    """The leakage expectation on a batch's check; its severity is ``leakage.severity``."""
+    frame = pd.DataFrame([{"leakage_rate": summary["leakage_rate"]}])
+    params = {"max_leakage_rate": settings.leakage.max_leakage_rate}
+    explain = {
+        LEAKAGE_SUITE: {
+            "leakage_rate": f"{summary['leakage_rate']:.4g} ({summary['leaked_images']} of "
+            f"{summary['images']} images; allowed <= {settings.leakage.max_leakage_rate})"
+        }
+    }
+    outcomes, pages = validate(settings, run_name, {LEAKAGE_SUITE: frame}, params, explain)
+    outcomes = [dataclasses.replace(o, severity=settings.leakage.severity) for o in outcomes]
+    failing = any(not o.success and o.severity == CRITICAL for o in outcomes)
+    return GateResult(
+        outcomes=outcomes,
+        data_docs=pages[LEAKAGE_SUITE] if failing else pages["index"],
+        overridden=False,
+        batch_id=run_name,
+        pages=pages,
+        stats=summary,
+        hint="Look at the pairs in the leakage report and remove one image of each; to record "
+        "leakage as a warning instead, set VISIONLOOP_LEAKAGE__SEVERITY=warning.",
+    )

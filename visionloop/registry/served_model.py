@@ -188,6 +188,16 @@ def save_model(
     return directory
 
 
+def model_files(model_dir: Path) -> tuple[Path, float]:
+    """The ``model.pt`` and fitted temperature inside a saved (or downloaded) served model."""
+    import yaml
+
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+    artifacts = flavor["artifacts"]
+    config = json.loads((model_dir / artifacts[CONFIG_ARTIFACT]["path"]).read_text())
+    return model_dir / artifacts[MODEL_PT_ARTIFACT]["path"], float(config["temperature"])
+
+
 @dataclass(frozen=True)
 class RegisteredVersion:
     """A registered model version and where it came from."""

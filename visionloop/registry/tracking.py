@@ -258,6 +258,25 @@ class Tracking:
             "test_macro_f1": float(tags.get("test.macro_f1", "nan")),
         }
 
+    def download_model(self, version: str, directory: Path) -> Path:
+        """The version's served-model folder, fetched once under ``directory/<name>/<version>``.
+
+        Spark workers and the embedder read ``artifacts/model.pt`` from there, so on a
+        cluster ``directory`` must be storage every executor reads (the data home).
+        """
+        import mlflow.artifacts
+
+        target = directory / self.model_name / version
+        done = target / ".downloaded"  # holds where the model landed
+        if not done.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            source = self.client.get_model_version_download_uri(self.model_name, version)
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(target), tracking_uri=self.uri
+            )
+            done.write_text(str(Path(local).resolve()))
+        return Path(done.read_text())
+
     def load_model(self, version: str) -> PyFuncModel:
         """The registered pyfunc of ``version``, fetched with this store's explicit URI."""
         import mlflow.artifacts

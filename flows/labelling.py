@@ -1,0 +1,34 @@
+"""Labelling flows: ``sync_labels`` brings annotations back; ``handoff`` sends new tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from visionloop.parameters import HandoffParameters, SyncParameters
+from visionloop.settings import load_settings
+from visionloop.tasks.embed import embedder_version
+from visionloop.tasks.labelling import connect_label_studio, hand_off, sync_annotations
+from visionloop.tasks.train import connect_tracking, snapshot_lake
+
+
+@flow(name="sync_labels", log_prints=True)
+def sync_labels(params: SyncParameters = SyncParameters()) -> dict[str, Any]:
+    """Completed annotations become label events (or reviews); each is read once."""
+    settings = load_settings(params.config)
+    return sync_annotations(settings, connect_label_studio(settings))
+
+
+@flow(name="handoff", log_prints=True)
+def handoff(params: HandoffParameters = HandoffParameters()) -> dict[str, Any]:
+    """The most useful images for the champion go to Label Studio (idempotently)."""
+    settings = load_settings(params.config)
+    if params.budget is not None:
+        labelling = settings.labelling.model_copy(update={"budget": params.budget})
+        settings = settings.model_copy(update={"labelling": labelling})
+    tracking = connect_tracking(settings)
+    studio = connect_label_studio(settings)
+    version = embedder_version(settings, tracking)
+    snapshot = snapshot_lake(settings)
+    return hand_off(settings, snapshot, tracking, studio, version, [])

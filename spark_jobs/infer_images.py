@@ -1,0 +1,118 @@
+"""Spark job: run a model over the snapshot's images that lack its output; commit the rows.
+
+Embedding (the embedder's vectors, ``embeddings`` table) and batch scoring (a model
+version's predictions, ``predictions`` table) are the same job with another
+:class:`Inference`: the images of a lake snapshot, less those that already have a row for
+this embedder or model version, go through ``mapInArrow`` to the Python workers; each worker
+loads the model once (and keeps it: Spark reuses Python workers) and writes its rows as
+Parquet itself; the rows are committed atomically as one batch of the table. So the job is
+incremental by (image, version), scales out with the cluster, and runs ``local[*]`` by
+default. Called in-process with the nightly's one Spark session.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+from pyspark import TaskContext
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from visionloop.lake import commit as lake
+from visionloop.lake.snapshot import LakeSnapshot, list_table
+from visionloop.lake.writers import ParquetSink, write_through
+from visionloop.settings import Settings
+
+WRITTEN_DDL = "path string, split string, rows long"
+ModelFn = Callable[[list[str], list[bytes]], pa.Table]
+
+
+class Inference(Protocol):
+    """A picklable description of one model's job; workers call :meth:`load` once each."""
+
+    table: str  # the lake table the rows go to
+    version_column: str  # the column that identifies the model's version in that table
+    version: str
+
+    def schema(self) -> pa.Schema: ...
+
+    def load(self) -> ModelFn: ...
+
+
+_LOADED: dict[tuple[str, str], ModelFn] = {}  # per Python worker process
+
+
+def _model(inference: Inference) -> ModelFn:
+    key = (inference.table, inference.version)
+    if key not in _LOADED:
+        _LOADED.clear()  # one model per worker at a time
+        _LOADED[key] = inference.load()
+    return _LOADED[key]
+
+
+def infer_partition(
+    batches: Iterable[pa.RecordBatch], inference: Inference, directory: Path, rows: int
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: the model's rows for these images, written as one Parquet file."""
+    model = _model(inference)
+    context = TaskContext.get()
+    name = f"part-{context.partitionId() if context else 0:05d}-{directory.parent.name}"
+    sink = ParquetSink(directory, name, inference.schema(), rows)
+    outputs = (
+        batch
+        for images in batches
+        for batch in model(images["image_id"].to_pylist(), images["image"].to_pylist()).to_batches()
+    )
+    return write_through(outputs, [sink])
+
+
+def done_ids(spark: SparkSession, settings: Settings, inference: Inference):
+    """Image ids that already have a row of this version (a DataFrame), or None."""
+    files = [str(path) for path in list_table(settings.lake_dir, inference.table)]
+    if not files:
+        return None
+    table = spark.read.parquet(*files)
+    return table.filter(F.col(inference.version_column) == inference.version).select("image_id")
+
+
+def run_inference(
+    spark: SparkSession, settings: Settings, snapshot: LakeSnapshot, inference: Inference
+) -> dict[str, Any]:
+    """Commit ``inference``'s rows for the snapshot's images that lack them; the batch report."""
+    batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{inference.table}-{uuid.uuid4().hex[:6]}"
+    report: dict[str, Any] = {
+        "batch_id": batch_id,
+        "table": inference.table,
+        inference.version_column: inference.version,
+        "snapshot_id": snapshot.id,
+        "written": 0,
+    }
+    if not snapshot.files:
+        return report
+    with lake.writer(settings, f"{inference.table} {inference.version}"):
+        lake.recover(settings)
+        todo = spark.read.parquet(*snapshot.paths).select("image_id", "image")
+        done = done_ids(spark, settings, inference)
+        if done is not None:
+            todo = todo.join(done, "image_id", "left_anti")
+        staging = lake.stage(settings, batch_id)
+        body = functools.partial(
+            infer_partition,
+            inference=inference,
+            directory=staging.table(inference.table),
+            rows=settings.parquet_row_group_rows,
+        )
+        partitions = settings.spark_partitions or 2 * spark.sparkContext.defaultParallelism
+        written = todo.repartition(partitions).mapInArrow(body, WRITTEN_DDL).collect()
+        report["written"] = sum(row["rows"] for row in written)
+        if report["written"]:
+            lake.commit(settings, batch_id, report)
+        else:
+            lake.discard(settings, batch_id)
+    return report

@@ -1,0 +1,68 @@
+"""The similar-image index: recall against exact search, incremental adds, persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from visionloop.embeddings.index import VectorIndex
+from visionloop.embeddings.vectors import Vectors
+from visionloop.settings import SimilaritySettings
+
+SETTINGS = SimilaritySettings(dimensions=32)
+
+
+def _clustered(count: int, seed: int, dimensions: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.abs(rng.normal(size=(40, dimensions)))
+    rows = centres[rng.integers(0, 40, count)] + 0.3 * np.abs(rng.normal(size=(count, dimensions)))
+    return rows.astype(np.float32)
+
+
+def _vectors(matrix: np.ndarray, start: int = 0, version: str = "v1") -> Vectors:
+    return Vectors(version, [f"img-{start + i}" for i in range(len(matrix))], matrix)
+
+
+def test_top10_recall_against_exact_search_in_the_index_space() -> None:
+    lake = _vectors(_clustered(3000, 0))
+    index = VectorIndex.build(lake, SETTINGS)
+    queries = _clustered(200, 1)
+    found = index.search(queries, 10)
+    projected, query_space = index.projection(lake.matrix), index.projection(queries)
+    exact = np.argsort(-(query_space @ projected.T), axis=1)[:, :10]
+    recall = np.mean(
+        [
+            len({n.image_id for n in row} & {lake.ids[i] for i in truth}) / 10
+            for row, truth in zip(found, exact, strict=True)
+        ]
+    )
+    assert recall >= 0.95
+    assert all(row[0].similarity >= row[-1].similarity for row in found)
+
+
+def test_adds_only_new_images_and_survives_a_round_trip(tmp_path: Path) -> None:
+    matrix = _clustered(600, 2)
+    index = VectorIndex.build(_vectors(matrix[:500]), SETTINGS)
+    assert index.add(_vectors(matrix[400:], start=400)) == 100  # 400..499 are in already
+    assert len(index) == 600 and "img-599" in index
+    index.save(tmp_path / "v1")
+    loaded = VectorIndex.load(tmp_path / "v1", SETTINGS.ef_search)
+    assert loaded.ids == index.ids and loaded.version == "v1"
+    nearest = loaded.search(matrix[599:600], 1)[0][0]
+    assert nearest.image_id == "img-599" and nearest.similarity == pytest.approx(1.0, abs=1e-4)
+
+
+def test_vectors_of_another_embedder_version_never_join() -> None:
+    index = VectorIndex.build(_vectors(_clustered(100, 3)), SETTINGS)
+    with pytest.raises(ValueError, match="cannot join an index of v1"):
+        index.add(_vectors(_clustered(10, 4), start=1000, version="v2"))
+
+
+def test_an_index_grown_far_past_its_projection_is_stale() -> None:
+    index = VectorIndex.build(_vectors(_clustered(100, 5)), SETTINGS)
+    index.add(_vectors(_clustered(299, 6), start=100))
+    assert not index.stale
+    index.add(_vectors(_clustered(1, 7), start=399))
+    assert index.stale

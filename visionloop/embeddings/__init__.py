@@ -1,0 +1,1 @@
+"""Embeddings: the frozen embedder, the vector index, near-duplicates and split leakage."""

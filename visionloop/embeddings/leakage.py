@@ -1,0 +1,242 @@
+"""Near-duplicates and split leakage, from the embedding table.
+
+Two images that show the same picture (resized, re-encoded, brightened, cropped by a few
+pixels ...) across train/val/test are **leakage**: the test split no longer measures
+generalisation. Within one split they are **near-duplicates**. For each image checked,
+candidates are its ``leakage.neighbours`` nearest images by embedding (the similar-image
+index) and by pixel fingerprint (exact search); a candidate is a copy when the fingerprint
+similarity of the two (see :mod:`visionloop.embeddings.fingerprints`) reaches
+``leakage.threshold``. :func:`find_pairs` is pure.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+from visionloop.embeddings import fingerprints
+from visionloop.embeddings.index import VectorIndex
+from visionloop.embeddings.vectors import read_vectors
+from visionloop.lake.snapshot import LakeSnapshot, row_groups
+from visionloop.preprocessing import decode_stored
+
+LEAKAGE, NEAR_DUPLICATE = "leakage", "near_duplicate"
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("image_a", pa.string()),
+        ("image_b", pa.string()),
+        ("split_a", pa.string()),
+        ("split_b", pa.string()),
+        ("similarity", pa.float64()),
+        ("kind", pa.string()),  # leakage | near_duplicate
+        ("embedder_version", pa.string()),
+        ("found_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    image_a: str
+    image_b: str
+    split_a: str
+    split_b: str
+    similarity: float
+
+    @property
+    def kind(self) -> str:
+        return LEAKAGE if self.split_a != self.split_b else NEAR_DUPLICATE
+
+
+def find_pairs(
+    query_ids: Sequence[str],
+    neighbours: Sequence[Collection[str]],
+    similarity: Callable[[str, str], float],
+    splits: Mapping[str, str],
+    threshold: float,
+) -> list[Pair]:
+    """Pairs of (query, candidate) at or above ``threshold``, each unordered pair once.
+
+    ``neighbours[i]`` are the candidates of ``query_ids[i]``. Sorted by similarity, highest
+    first.
+    """
+    found: dict[tuple[str, str], Pair] = {}
+    for query, candidates in zip(query_ids, neighbours, strict=True):
+        for other in candidates:
+            key = (min(query, other), max(query, other))
+            if other == query or key in found:
+                continue
+            score = similarity(query, other)
+            if score >= threshold:
+                a, b = key
+                found[key] = Pair(a, b, splits[a], splits[b], score)
+    return sorted(found.values(), key=lambda pair: -pair.similarity)
+
+
+@dataclass(frozen=True)
+class LeakageSummary:
+    """What a batch's check found: the rate the expectation checks, and the counts."""
+
+    images: int  # images checked
+    leaked_images: int  # checked images with a partner in another split
+    leakage_pairs: int
+    near_duplicate_pairs: int
+
+    @property
+    def leakage_rate(self) -> float:
+        return self.leaked_images / self.images if self.images else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {**asdict(self), "leakage_rate": self.leakage_rate}
+
+
+def summarise(query_ids: Sequence[str], pairs: Sequence[Pair]) -> LeakageSummary:
+    queried = set(query_ids)
+    leaked = {
+        image
+        for pair in pairs
+        if pair.kind == LEAKAGE
+        for image in (pair.image_a, pair.image_b)
+        if image in queried
+    }
+    leakage = sum(pair.kind == LEAKAGE for pair in pairs)
+    return LeakageSummary(len(queried), len(leaked), leakage, len(pairs) - leakage)
+
+
+def pairs_table(pairs: Sequence[Pair], embedder_version: str) -> pa.Table:
+    now = datetime.now(UTC)
+    return pa.Table.from_pylist(
+        [
+            {
+                **asdict(pair),
+                "kind": pair.kind,
+                "embedder_version": embedder_version,
+                "found_at": now,
+            }
+            for pair in pairs
+        ],
+        schema=PAIRS_SCHEMA,
+    )
+
+
+def thumbnail_uri(data: bytes, size: int = 48) -> str:
+    """A small PNG of stored image bytes as a data URI, for a markdown artifact."""
+    image = decode_stored(data)
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def pairs_markdown(pairs: Sequence[Pair], images: Mapping[str, bytes], limit: int = 12) -> str:
+    """The top pairs as a markdown table of thumbnails, for a Prefect artifact."""
+    if not pairs:
+        return "No near-duplicate or leaking pairs above the threshold."
+    lines = ["| image A | image B | splits | similarity | kind |", "|---|---|---|---|---|"]
+    for pair in pairs[:limit]:
+        thumbs = [
+            f"![{image_id[:8]}]({thumbnail_uri(images[image_id])})" if image_id in images else ""
+            for image_id in (pair.image_a, pair.image_b)
+        ]
+        lines.append(
+            f"| {thumbs[0]} `{pair.image_a[:12]}` | {thumbs[1]} `{pair.image_b[:12]}` "
+            f"| {pair.split_a} / {pair.split_b} | {pair.similarity:.4f} | {pair.kind} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class LeakageCheck:
+    """What :func:`check_batches` found for some batches."""
+
+    pairs: list[Pair]
+    summary: LeakageSummary
+    images: dict[str, bytes]  # stored bytes of the images in the pairs (for thumbnails)
+
+
+def check_batches(
+    snapshot: LakeSnapshot,
+    index: VectorIndex,
+    batch_ids: Collection[str],
+    threshold: float,
+    neighbours: int,
+) -> LeakageCheck:
+    """Pairs of each image of ``batch_ids`` with its copies anywhere in the lake."""
+    query_ids = _batch_ids(snapshot, batch_ids)
+    by_embedding = _nearest_by_embedding(snapshot, index, query_ids, neighbours)
+    by_pixels = _nearest_by_fingerprint(snapshot, index.version, query_ids, neighbours)
+    candidates = [by_embedding.get(q, set()) | by_pixels.get(q, set()) for q in query_ids]
+    involved = set(query_ids).union(*candidates) if candidates else set()
+    images = _column(snapshot, involved, "image")
+    variants = {image_id: fingerprints.variants(data) for image_id, data in images.items()}
+
+    def similarity(a: str, b: str) -> float:
+        return fingerprints.similarity(variants[a], variants[b])
+
+    pairs = find_pairs(
+        query_ids, candidates, similarity, _column(snapshot, involved, "split"), threshold
+    )
+    shown = {image for pair in pairs[:PAIRS_SHOWN] for image in (pair.image_a, pair.image_b)}
+    return LeakageCheck(
+        pairs, summarise(query_ids, pairs), {i: images[i] for i in shown if i in images}
+    )
+
+
+def _nearest_by_embedding(
+    snapshot: LakeSnapshot, index: VectorIndex, query_ids: list[str], k: int
+) -> dict[str, set[str]]:
+    query = read_vectors(snapshot.lake_path, index.version, image_ids=query_ids)
+    found = index.search(query.matrix, k + 1)
+    return {
+        image_id: {n.image_id for n in row} for image_id, row in zip(query.ids, found, strict=True)
+    }
+
+
+def _nearest_by_fingerprint(
+    snapshot: LakeSnapshot, version: str, query_ids: list[str], k: int
+) -> dict[str, set[str]]:
+    """Exact inner-product search over every image's fingerprint (1 KB each)."""
+    import faiss
+
+    lake = read_vectors(snapshot.lake_path, version, column="fingerprint")
+    if not len(lake):
+        return {}
+    search = faiss.IndexFlatIP(lake.matrix.shape[1])
+    search.add(np.ascontiguousarray(lake.matrix))
+    query = lake.subset(query_ids)
+    _, positions = search.search(np.ascontiguousarray(query.matrix), min(k + 1, len(lake)))
+    return {
+        image_id: {lake.ids[p] for p in row if p >= 0}
+        for image_id, row in zip(query.ids, positions, strict=True)
+    }
+
+
+PAIRS_SHOWN = 12
+
+
+def _batch_ids(snapshot: LakeSnapshot, batch_ids: Collection[str]) -> list[str]:
+    paths = [item.path for item in snapshot.files if item.batch_id in set(batch_ids)]
+    return [
+        image_id
+        for part in row_groups(paths, ["image_id"])
+        for image_id in part.table["image_id"].to_pylist()
+    ]
+
+
+def _column(snapshot: LakeSnapshot, image_ids: Collection[str], column: str) -> dict[str, object]:
+    """``image_id -> column`` for some images of the snapshot."""
+    wanted, found = set(image_ids), {}
+    for part in snapshot.row_groups(["image_id", column]):
+        ids = part.table["image_id"].to_pylist()
+        rows = [i for i, image_id in enumerate(ids) if image_id in wanted]
+        if rows:
+            values = part.table[column].take(rows).to_pylist()
+            found.update(zip((ids[i] for i in rows), values, strict=True))
+    return found

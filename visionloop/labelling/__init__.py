@@ -1,0 +1,1 @@
+"""Labelling: selection for annotation, the Label Studio server and client, handoff and sync."""

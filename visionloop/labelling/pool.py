@@ -1,0 +1,63 @@
+"""The candidates for annotation, read from the lake: unlabelled, not test, not already open.
+
+Each carries the champion's calibrated probabilities (none before the first champion) and
+its vector from the current embedder, aligned for :mod:`visionloop.labelling.selection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import numpy as np
+import pyarrow.compute as pc
+
+from visionloop.embeddings.vectors import read_vectors
+from visionloop.labelling.selection import Pool, eligible
+from visionloop.lake.snapshot import LakeSnapshot, list_table, row_groups
+
+
+def candidates(snapshot: LakeSnapshot, open_tasks: Collection[str]) -> list[str]:
+    """Unlabelled images outside the test split that have no open task."""
+    ids, splits, labelled = [], [], set()
+    for part in snapshot.row_groups(["image_id", "label", "split"]):
+        table = part.table
+        ids += table["image_id"].to_pylist()
+        splits += table["split"].to_pylist()
+        labelled.update(table["image_id"].filter(pc.is_valid(table["label"])).to_pylist())
+    return [ids[i] for i in eligible(ids, splits, labelled, open_tasks)]
+
+
+def probabilities(lake_dir, model_version: str, image_ids: Collection[str]) -> dict[str, list]:
+    wanted, found = set(image_ids), {}
+    columns = ["image_id", "model_version", "probabilities"]
+    for part in row_groups(list_table(lake_dir, "predictions"), columns):
+        table = part.table.filter(pc.equal(part.table["model_version"], model_version))
+        for image_id, row in zip(
+            table["image_id"].to_pylist(), table["probabilities"].to_pylist(), strict=True
+        ):
+            if image_id in wanted:
+                found[image_id] = row
+    return found
+
+
+def build_pool(
+    snapshot: LakeSnapshot,
+    embedder_version: str,
+    model_version: str | None,
+    open_tasks: Collection[str],
+    drifted: Collection[str],
+) -> Pool:
+    """Eligible images that have a vector (and, with a champion, a prediction)."""
+    vectors = read_vectors(snapshot.lake_path, embedder_version, candidates(snapshot, open_tasks))
+    if model_version is None:
+        return Pool(vectors.ids, None, vectors.matrix, _flags(vectors.ids, drifted))
+    scored = probabilities(snapshot.lake_path, model_version, vectors.ids)
+    keep = [i for i, image_id in enumerate(vectors.ids) if image_id in scored]
+    ids = [vectors.ids[i] for i in keep]
+    matrix = np.asarray([scored[image_id] for image_id in ids], dtype=np.float64)
+    return Pool(ids, matrix.reshape(len(ids), -1), vectors.matrix[keep], _flags(ids, drifted))
+
+
+def _flags(ids: list[str], drifted: Collection[str]) -> np.ndarray:
+    chosen = set(drifted)
+    return np.asarray([image_id in chosen for image_id in ids], dtype=bool)
