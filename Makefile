@@ -13,8 +13,9 @@ PETASTORM_VENV := .venv-petastorm
 PETASTORM_STAMP := $(call stamp,$(PETASTORM_VENV),requirements/petastorm.txt)
 LABEL_STUDIO_VENV := .venv-label-studio
 LABEL_STUDIO_STAMP := $(call stamp,$(LABEL_STUDIO_VENV),requirements/label-studio.txt)
-# Debian packages the tests use: Fashion-MNIST (benchmarks, some tests) and a headless browser.
-DEBIAN_PACKAGES := dataset-fashion-mnist chromium
+# Debian packages the tests use: Fashion-MNIST (benchmarks, some tests) and a headless
+# browser with its driver (the Prefect and Label Studio UI checks).
+DEBIAN_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false

@@ -6,10 +6,16 @@ from typing import Any
 
 from prefect import flow
 
+from visionloop.labelling.client import LabelStudio
 from visionloop.parameters import HandoffParameters, SyncParameters
 from visionloop.settings import load_settings
 from visionloop.tasks.embed import embedder_version
-from visionloop.tasks.labelling import connect_label_studio, hand_off, sync_annotations
+from visionloop.tasks.labelling import (
+    connect_label_studio,
+    queue_for_annotation,
+    send_to_label_studio,
+    sync_annotations,
+)
 from visionloop.tasks.train import connect_tracking, snapshot_lake
 
 
@@ -28,7 +34,9 @@ def handoff(params: HandoffParameters = HandoffParameters()) -> dict[str, Any]:
         labelling = settings.labelling.model_copy(update={"budget": params.budget})
         settings = settings.model_copy(update={"labelling": labelling})
     tracking = connect_tracking(settings)
-    studio = connect_label_studio(settings)
+    studio = connect_label_studio(settings, return_state=True).result(raise_on_failure=False)
     version = embedder_version(settings, tracking)
     snapshot = snapshot_lake(settings)
-    return hand_off(settings, snapshot, tracking, studio, version, [])
+    studio = studio if isinstance(studio, LabelStudio) else None  # down: queue, then fail in send
+    queued = queue_for_annotation(settings, snapshot, tracking, studio, version, [])
+    return {"queued": queued, "sent": send_to_label_studio(settings)}

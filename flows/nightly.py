@@ -15,11 +15,17 @@ from prefect import flow
 from visionloop.flows.embed import embed_stage
 from visionloop.flows.ingest import ingest_batch
 from visionloop.flows.train import train_and_promote
+from visionloop.labelling.client import LabelStudio
 from visionloop.monitoring.decision import decide
 from visionloop.parameters import NightlyParameters, TrainParameters
 from visionloop.settings import load_settings
 from visionloop.tasks.embed import refresh_feature_store
-from visionloop.tasks.labelling import connect_label_studio, hand_off, sync_annotations
+from visionloop.tasks.labelling import (
+    connect_label_studio,
+    queue_for_annotation,
+    send_to_label_studio,
+    sync_annotations,
+)
 from visionloop.tasks.monitor import check_drift, publish_decision
 from visionloop.tasks.score import score_images
 from visionloop.tasks.spark import start_spark
@@ -31,7 +37,10 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
     """The whole loop on tonight's batch; each branch of the decision is recorded."""
     settings = load_settings(params.config)
     tracking = connect_tracking(settings)  # an unreachable store fails before anything runs
-    studio = connect_label_studio(settings)
+    # Label Studio down does not stop the night's training; sending tonight's tasks fails
+    # the run at the end, naming it, and the tasks wait in the outbox.
+    studio = connect_label_studio(settings, return_state=True).result(raise_on_failure=False)
+    studio = studio if isinstance(studio, LabelStudio) else None
     spark = start_spark(settings)
     result: dict[str, Any] = {"labels": sync_annotations(settings, studio)}
     result["ingest"] = ingest_batch(spark, settings, params)
@@ -52,7 +61,7 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
     drift = result["drift"]
     decision = decide(plan["action"], plan["reason"], drift["drifted"], drift["note"])
     result["decision"] = publish_decision(decision)
-    result["handoff"] = hand_off(
-        settings, snapshot, tracking, studio, version, drift["drifted_ids"]
-    )
+    drifted = drift["drifted_ids"]
+    queued = queue_for_annotation(settings, snapshot, tracking, studio, version, drifted)
+    result["handoff"] = {"queued": queued, "sent": send_to_label_studio(settings)}
     return result

@@ -1,7 +1,7 @@
-"""A real headless Chromium (Debian's package) that renders a page and hands back its DOM.
+"""A real headless Chromium (Debian's package): a rendered DOM, or a browser to drive.
 
-``make test`` installs ``chromium``; the flags keep it off the network it cannot reach and
-out of any profile but a fresh one.
+``make test`` installs ``chromium`` and ``chromium-driver``; the flags keep it off the
+network it cannot reach and out of any profile but a fresh one.
 """
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from html.parser import HTMLParser
+from typing import Any
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import WebDriverWait
 
 FLAGS = [
     "--headless",
@@ -27,11 +34,15 @@ FLAGS = [
 ]
 
 
-def chromium() -> str:
-    found = shutil.which("chromium")
+def _installed(program: str) -> str:
+    found = shutil.which(program)
     if found is None:
-        raise AssertionError("chromium is not installed: run `make browser` (make test does)")
+        raise AssertionError(f"{program} is not installed: `make debian-packages` (make test does)")
     return found
+
+
+def chromium() -> str:
+    return _installed("chromium")
 
 
 class Page(HTMLParser):
@@ -85,3 +96,24 @@ def render(url: str, budget_ms: int = 10_000, timeout_s: float = 120) -> Page:
     page = Page()
     page.feed(html)
     return page
+
+
+@contextmanager
+def driven() -> Iterator[webdriver.Chrome]:
+    """A headless Chromium driven over WebDriver, closed afterwards."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium()
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        for flag in [*FLAGS, f"--user-data-dir={profile}"]:
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(_installed("chromedriver")), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def wait_for(driver: webdriver.Chrome, script: str, timeout_s: float = 60) -> Any:
+    """The first truthy value ``script`` (JavaScript that returns one) gives on the page."""
+    wait = WebDriverWait(driver, timeout_s, poll_frequency=0.5)
+    return wait.until(lambda page: page.execute_script(script))

@@ -17,6 +17,7 @@ def _isolated_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     yield
     # Prefect stops its ephemeral API at interpreter exit, after pytest closed the streams
     # its log handler writes to; keep that last INFO line from ending in a logging error.

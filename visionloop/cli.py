@@ -52,6 +52,7 @@ def prefect_env(settings: Settings) -> None:
     prefect_home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in flow logs
 
 
 def _exit_codes() -> dict[type[Exception], int]:
@@ -301,7 +302,38 @@ def print_summary(settings: Settings, result: dict) -> None:
         f"run settings:       {settings.runs_dir / batch['batch_id'] / 'settings.yaml'}",
     ]
     lines += _training_lines(settings, result.get("train"))
+    lines += _loop_lines(settings, result)
     typer.echo("\n".join(lines))
+
+
+def _loop_lines(settings: Settings, result: dict) -> list[str]:
+    """Where the nightly's later stages left their outputs, and what they decided."""
+    lines = []
+    if embed := result.get("embed"):
+        leakage = embed["leakage"]
+        lines += [
+            f"embeddings:         {settings.lake_dir / 'embeddings'} "
+            f"({embed['embeddings']['embedder_version']})",
+            f"similar images:     {settings.index_dir} (visionloop similar FILE_OR_ID)",
+            f"leakage:            {leakage['leaked_images']} of {leakage['images']} new images "
+            f"leak across splits; pairs in {leakage['report']}",
+            f"Feast repository:   feature_repo/ (registry and online store in "
+            f"{settings.feast_dir})",
+        ]
+    if drift := result.get("drift"):
+        where = f"; report {drift['report']}" if drift.get("report") else ""
+        lines.append(f"drift:              {drift['note']}{where}")
+    if "score" in result or embed:
+        lines.append(f"predictions:        {settings.lake_dir / 'predictions'}")
+    if decision := result.get("decision"):
+        lines.append(f"tonight's decision: {decision['action']} ({decision['reason']})")
+    if handoff := result.get("handoff"):
+        queued, sent = handoff["queued"], handoff["sent"]
+        lines.append(
+            f"labelling queue:    {queued['selected']} images selected, "
+            f"{sent.get('imported', 0)} imported; {sent['where']}"
+        )
+    return lines
 
 
 def _training_lines(settings: Settings, train_result: dict | None) -> list[str]:

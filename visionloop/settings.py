@@ -111,7 +111,8 @@ class SimilaritySettings(BaseModel):
 
 
 class LeakageSettings(BaseModel):
-    """Near-duplicates (same split) and leakage (across splits) by embedding similarity."""
+    """Near-duplicates (same split) and leakage (across splits): embedding neighbours,
+    confirmed by pixel-fingerprint similarity."""
 
     threshold: float = Field(
         0.995, gt=0, le=1, description="fingerprint similarity of a pair (measured default)"

@@ -21,10 +21,12 @@ from visionloop.parameters import (
     SAMPLE_DIR,
     DriftParameters,
     EmbedParameters,
+    HandoffParameters,
     IngestParameters,
     NightlyParameters,
     PromoteParameters,
     ScoreParameters,
+    SyncParameters,
     TrainParameters,
 )
 from visionloop.settings import REPO_ROOT
@@ -113,6 +115,8 @@ def _check_run_forms(api: str) -> None:
         "drift": DriftParameters,
         "train": TrainParameters,
         "promote": PromoteParameters,
+        "sync_labels": SyncParameters,
+        "handoff": HandoffParameters,
     }
     ui = api.removesuffix("/api")
     for name, deployment_id in _deployment_ids(api).items():

@@ -96,7 +96,7 @@ class VectorIndex:
 
     def search(self, matrix: np.ndarray, k: int) -> list[list[Neighbour]]:
         """The ``k`` nearest images of each row of ``matrix`` (full embedder vectors)."""
-        if not len(self.ids):
+        if not len(self.ids) or not len(matrix):
             return [[] for _ in range(len(matrix))]
         scores, positions = self.index.search(self.projection(matrix), min(k, len(self.ids)))
         return [

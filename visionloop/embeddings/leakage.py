@@ -170,6 +170,8 @@ def check_batches(
 ) -> LeakageCheck:
     """Pairs of each image of ``batch_ids`` with its copies anywhere in the lake."""
     query_ids = _batch_ids(snapshot, batch_ids)
+    if not query_ids:  # a batch of duplicates only
+        return LeakageCheck([], summarise([], []), {})
     by_embedding = _nearest_by_embedding(snapshot, index, query_ids, neighbours)
     by_pixels = _nearest_by_fingerprint(snapshot, index.version, query_ids, neighbours)
     candidates = [by_embedding.get(q, set()) | by_pixels.get(q, set()) for q in query_ids]

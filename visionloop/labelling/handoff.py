@@ -13,14 +13,27 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from visionloop.labelling.client import LabelStudio, choice_result
+from visionloop.labelling.overlay import overlays
+from visionloop.labelling.pool import build_pool
+from visionloop.labelling.selection import select
+from visionloop.lake.snapshot import LakeSnapshot
+from visionloop.settings import LabellingSettings
+from visionloop.training.classifier import ImageClassifier
 
 LOCAL_FILES = "/data/local-files/?d="
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Label Studio 1.23's image cache rejects files under 100 bytes; its fallback then races the
+# pre-annotation and the annotator sees "There was an issue loading URL"
+# (HumanSignal/label-studio#9315). Tiny PNGs (a blank image) get a text chunk to pass it.
+LABEL_STUDIO_MIN_IMAGE_BYTES = 100
 
 
 @dataclass(frozen=True)
@@ -37,11 +50,32 @@ class Selected:
 def write_files(root: Path, folder: str, chosen: Sequence[Selected], model_version: str) -> None:
     """The images (and overlays) under ``root/folder``, where Label Studio serves them."""
     for item in chosen:
-        _write(root / folder / "images" / f"{item.image_id}.png", item.image)
+        _write(root / folder / _image_path(item), servable(item.image))
         if item.overlay is not None:
-            _write(
-                root / folder / "overlays" / model_version / f"{item.image_id}.png", item.overlay
-            )
+            _write(root / folder / _overlay_path(item, model_version), servable(item.overlay))
+
+
+def _suffix(data: bytes) -> str:
+    return ".png" if data.startswith(PNG_SIGNATURE) else ".jpg"
+
+
+def _image_path(item: Selected) -> str:
+    return f"images/{item.image_id}{_suffix(item.image)}"
+
+
+def _overlay_path(item: Selected, model_version: str | None) -> str:
+    return f"overlays/{model_version}/{item.image_id}.png"
+
+
+def servable(data: bytes) -> bytes:
+    """``data`` as Label Studio can show it: a PNG under the size it accepts gets padded."""
+    if not data.startswith(PNG_SIGNATURE) or len(data) >= LABEL_STUDIO_MIN_IMAGE_BYTES:
+        return data
+    body = b"Comment\x00" + b" " * LABEL_STUDIO_MIN_IMAGE_BYTES
+    chunk = b"tEXt" + body
+    padded = struct.pack(">I", len(body)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    end = data.rindex(b"IEND") - 4  # before the IEND chunk's length field
+    return data[:end] + padded + data[end:]
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -53,9 +87,9 @@ def _write(path: Path, data: bytes) -> None:
 
 def task(item: Selected, folder: str, model_version: str | None) -> dict[str, Any]:
     """The Label Studio task of one image (with the model's guess pre-selected, if any)."""
-    data = {"image": f"{LOCAL_FILES}{folder}/images/{item.image_id}.png", "image_id": item.image_id}
+    data = {"image": f"{LOCAL_FILES}{folder}/{_image_path(item)}", "image_id": item.image_id}
     if item.overlay is not None:
-        data["overlay"] = f"{LOCAL_FILES}{folder}/overlays/{model_version}/{item.image_id}.png"
+        data["overlay"] = f"{LOCAL_FILES}{folder}/{_overlay_path(item, model_version)}"
     entry: dict[str, Any] = {"data": data}
     if item.predicted is not None and model_version is not None:
         entry["predictions"] = [
@@ -68,14 +102,42 @@ def task(item: Selected, folder: str, model_version: str | None) -> dict[str, An
     return entry
 
 
+def choices(model_classes: Sequence[str], configured: Sequence[str] | None) -> list[str]:
+    """The project's choices: the model's classes, then classes the data team added to the
+    ``classes`` setting that the model does not know yet (annotators cannot add classes)."""
+    extra = [name for name in configured or () if name not in model_classes]
+    return [*model_classes, *extra]
+
+
 class Outbox:
-    """Tasks waiting to be imported, one JSON file, replaced atomically."""
+    """Tasks waiting to be imported (one JSON file, replaced atomically), and the project
+    they are for (title, classes, overlay view)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.project_file = path.with_name(f"{path.stem}-project.json")
+        self.sent_file = path.with_name(f"{path.stem}-sent.json")
+
+    def sent_ids(self) -> set[str]:
+        """Images whose task is in Label Studio (so they are not selected again, even while
+        Label Studio is down)."""
+        return set(json.loads(self.sent_file.read_text())) if self.sent_file.exists() else set()
+
+    def mark_sent(self, image_ids: set[str]) -> None:
+        temporary = self.sent_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(sorted(self.sent_ids() | image_ids)))
+        os.replace(temporary, self.sent_file)
 
     def pending(self) -> list[dict[str, Any]]:
         return json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def set_project(self, title: str, classes: Sequence[str], overlay: bool) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        spec = {"title": title, "classes": list(classes), "overlay": overlay}
+        self.project_file.write_text(json.dumps(spec))
+
+    def project(self) -> dict[str, Any] | None:
+        return json.loads(self.project_file.read_text()) if self.project_file.exists() else None
 
     def pending_ids(self) -> set[str]:
         return {entry["data"]["image_id"] for entry in self.pending()}
@@ -113,5 +175,38 @@ def send(client: LabelStudio, project: int, outbox: Outbox) -> Sent:
     existing = client.existing_tasks(project, [entry["data"]["image_id"] for entry in queued])
     missing = [entry for entry in queued if entry["data"]["image_id"] not in existing]
     client.import_tasks(project, missing)
+    outbox.mark_sent({entry["data"]["image_id"] for entry in queued})
     outbox.keep_only(set())
     return Sent(len(missing), len(queued) - len(missing))
+
+
+def prepare(
+    snapshot: LakeSnapshot,
+    embedder_version: str,
+    champion: tuple[str, ImageClassifier] | None,
+    open_tasks: set[str],
+    drifted: Sequence[str],
+    settings: LabellingSettings,
+) -> list[Selected]:
+    """Tonight's images: selected from the pool, with the champion's guess and overlay."""
+    version, classifier = champion if champion else (None, None)
+    pool = build_pool(snapshot, embedder_version, version, open_tasks, drifted)
+    chosen = select(pool, settings.budget, settings.strategy, settings.seed)
+    wanted, stored = set(chosen), {}
+    for part in snapshot.row_groups(["image_id", "image"]):
+        for row in part.table.to_pylist():
+            if row["image_id"] in wanted:
+                stored[row["image_id"]] = row["image"]
+    pictures = [stored[image_id] for image_id in chosen]
+    heat = overlays(classifier, pictures) if classifier and settings.overlay else []
+    position = {image_id: i for i, image_id in enumerate(pool.ids)}
+    selected = []
+    for number, (image_id, picture) in enumerate(zip(chosen, pictures, strict=True)):
+        predicted = confidence = None
+        if classifier is not None and pool.probabilities is not None:
+            probabilities = pool.probabilities[position[image_id]]
+            predicted = classifier.labels[int(probabilities.argmax())]
+            confidence = float(probabilities.max())
+        overlay = heat[number] if heat else None
+        selected.append(Selected(image_id, picture, overlay, predicted, confidence))
+    return selected

@@ -54,8 +54,10 @@ def build_pool(
     scored = probabilities(snapshot.lake_path, model_version, vectors.ids)
     keep = [i for i, image_id in enumerate(vectors.ids) if image_id in scored]
     ids = [vectors.ids[i] for i in keep]
+    classes = len(next(iter(scored.values()))) if scored else 0
     matrix = np.asarray([scored[image_id] for image_id in ids], dtype=np.float64)
-    return Pool(ids, matrix.reshape(len(ids), -1), vectors.matrix[keep], _flags(ids, drifted))
+    matrix = matrix.reshape(len(ids), classes)  # (0, 0) when every image is labelled
+    return Pool(ids, matrix, vectors.matrix[keep], _flags(ids, drifted))
 
 
 def _flags(ids: list[str], drifted: Collection[str]) -> np.ndarray:

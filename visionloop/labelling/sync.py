@@ -14,14 +14,19 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from visionloop.labelling.client import Task
+from visionloop.labelling.client import LabelStudio, Task
+from visionloop.lake import commit as lake
 from visionloop.lake.contract import LABEL_REVIEWS_SCHEMA
 from visionloop.lake.label_events import ANNOTATOR, event_id, events_table
+from visionloop.lake.snapshot import list_table, row_groups
+from visionloop.settings import Settings
 
 SKIPPED, TIE, LOW_AGREEMENT, DISAGREES = (
     "skipped",
@@ -142,4 +147,46 @@ def collect(
         else:
             result.reviews.append(outcome.review)
         known.add(key)
+    return result
+
+
+OVERLAP = timedelta(seconds=5)  # re-read a little before the cursor; known records are skipped
+
+
+def known_records(lake_dir: Path) -> set[str]:
+    """Ids of the label events and reviews the lake holds."""
+    known: set[str] = set()
+    for table, column in (("label_events", "event_id"), ("label_reviews", "review_id")):
+        for part in row_groups(list_table(lake_dir, table), [column]):
+            known.update(part.table[column].to_pylist())
+    return known
+
+
+def run_sync(settings: Settings, studio: LabelStudio, project: int) -> SyncResult:
+    """Read tasks changed since the cursor, commit new events and reviews, move the cursor."""
+    cursor_file = settings.labelling_dir / f"sync-cursor-project-{project}.json"
+    cursor = None
+    if cursor_file.exists():
+        cursor = datetime.fromisoformat(json.loads(cursor_file.read_text())["updated_at"])
+    labelling = settings.labelling
+    with lake.writer(settings, "label sync"):
+        result = collect(
+            studio.changed_tasks(project, cursor - OVERLAP if cursor else None),
+            known_records(settings.lake_dir),
+            labelling.min_agreement,
+            labelling.confident,
+            datetime.now(UTC),
+            cursor,
+        )
+        tables = result.tables()
+        if tables:
+            batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-labels"
+            staging = lake.stage(settings, batch_id)
+            for name, table in tables.items():
+                staging.table(name).mkdir()
+                pq.write_table(table, staging.table(name) / "part-00000.parquet")
+            lake.commit(settings, batch_id, {"batch_id": batch_id, **result.counts()})
+    if result.cursor is not None:
+        cursor_file.parent.mkdir(parents=True, exist_ok=True)
+        cursor_file.write_text(json.dumps({"updated_at": result.cursor.isoformat()}))
     return result

@@ -191,6 +191,11 @@ class LakeSnapshot:
         """``image_id -> (label, label_source)`` of images that have label events."""
         return self._events
 
+    @property
+    def annotator_labels(self) -> int:
+        """Images whose label came from annotators."""
+        return sum(source == "annotator" for _, source in self._events.values())
+
     # ------------------------------------------------------------------ reading
 
     def row_groups(self, columns: Sequence[str]) -> Iterator[RowGroup]:

@@ -132,9 +132,14 @@ def train_challenger(
     log: Callable[[str], None] = print,
 ) -> Challenger:
     """Fine-tune on the snapshot, fit the temperature on val, evaluate on test, register."""
-    run_id = tracking.start_training_run(
-        settings, snapshot, plan.fingerprint, expectations, {"visionloop.plan": plan.reason}
-    )
+    champion = tracking.champion()
+    before = int(champion["annotator_labels"]) if champion else 0
+    tags = {
+        "visionloop.plan": plan.reason,
+        "lineage.annotator_labels": str(snapshot.annotator_labels),
+        "lineage.annotator_labels_since_champion": str(snapshot.annotator_labels - before),
+    }
+    run_id = tracking.start_training_run(settings, snapshot, plan.fingerprint, expectations, tags)
     try:
         outcome = run_training(settings, output_dir, snapshot, mlflow_run_id=run_id, log=log)
     except BaseException:

@@ -256,6 +256,7 @@ class Tracking:
             "version": version,
             "test_accuracy": float(tags.get("test.accuracy", "nan")),
             "test_macro_f1": float(tags.get("test.macro_f1", "nan")),
+            "annotator_labels": int(tags.get("lineage.annotator_labels", "0")),
         }
 
     def download_model(self, version: str, directory: Path) -> Path:
