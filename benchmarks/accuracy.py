@@ -3,7 +3,7 @@
 Runs the same torchrun training the nightly flow runs (no MLflow), fits the temperature on
 val and evaluates on the frozen test split. Results: ``benchmarks/results/accuracy-<tag>.json``.
 
-    python benchmarks/accuracy.py --data-home /tmp/fmnist-home --tag gpu-full-fmnist
+    python -m benchmarks.accuracy --data-home /tmp/fmnist-home --tag gpu-full-fmnist
     (settings from VISIONLOOP_* / VISIONLOOP_CONFIG, e.g. VISIONLOOP_TRAINING__EPOCHS=12)
 """
 

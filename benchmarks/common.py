@@ -7,17 +7,21 @@ subject in turn for several rounds and reports the median ratio and its spread.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
 import statistics
 import tempfile
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
+from PIL import Image
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -74,3 +78,60 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+class PeakMemory:
+    """Samples RSS of this process (driver), its JVM and its Python workers."""
+
+    def __init__(self) -> None:
+        self.driver = self.workers = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.1):
+            driver, workers = me.memory_info().rss, 0
+            for child in me.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss
+                    if "java" in child.name():
+                        driver += rss
+                    else:
+                        workers += rss
+                except psutil.Error:
+                    continue
+            self.driver, self.workers = max(self.driver, driver), max(self.workers, workers)
+
+
+def fashion_mnist_embeddings(
+    parts: tuple[str, ...] = ("train", "test"), limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The project's embedder vectors of Fashion-MNIST ``parts`` (the first ``limit`` of
+    each) and their labels.
+
+    Each image is encoded as the PNG file it ships as and goes through the embedder's own
+    input path (ingest preprocessing, then the evaluation transform), as in the lake.
+    """
+    from visionloop.embeddings.embedder import embedder_source
+    from visionloop.ingest.samples import load_part
+    from visionloop.settings import load_settings
+
+    embedder = embedder_source(load_settings()).build()
+    images, labels = [], []
+    for part in parts:
+        pixels_of_part, labels_of_part = load_part(part)
+        for pixels, label in zip(pixels_of_part[:limit], labels_of_part[:limit], strict=True):
+            encoded = io.BytesIO()
+            Image.fromarray(pixels, mode="L").save(encoded, format="PNG")
+            images.append(encoded.getvalue())
+            labels.append(int(label))
+    return embedder.embed(images).astype(np.float32), np.asarray(labels)

@@ -6,7 +6,7 @@ encode work, then times the Spark job (start-up separately) into a fresh lake, s
 peak memory of the driver (Python + JVM) and the Python workers. Results go to
 ``benchmarks/results/ingest.json``; ``benchmarks/README.md`` summarises them.
 
-    .venv/bin/python benchmarks/ingest.py [--sizes 1000 10000 70000] [--master local[*]]
+    .venv/bin/python -m benchmarks.ingest [--sizes 1000 10000 70000] [--master local[*]]
 """
 
 from __future__ import annotations
@@ -15,19 +15,15 @@ import argparse
 import hashlib
 import io
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
 from PIL import Image, ImageOps
 
+from benchmarks.common import PeakMemory, fresh_workdir, write_result
 from visionloop.ingest.landing import LandingSource
 from visionloop.ingest.samples import materialise
 from visionloop.settings import load_settings
@@ -35,7 +31,6 @@ from visionloop.spark import spark_session
 from visionloop.spark_jobs.preprocess_images import run_batch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "ingest.json"
 
 
 def bare_loop(files: list[Path], size: int) -> float:
@@ -49,38 +44,6 @@ def bare_loop(files: list[Path], size: int) -> float:
         out = io.BytesIO()
         ImageOps.pad(rgb, (size, size), Image.Resampling.BICUBIC).save(out, format="PNG")
     return len(files) / (time.perf_counter() - started)
-
-
-class PeakMemory:
-    """Samples RSS of this process (driver), its JVM and its Python workers."""
-
-    def __init__(self) -> None:
-        self.driver = self.workers = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.wait(0.1):
-            driver, workers = me.memory_info().rss, 0
-            for child in me.children(recursive=True):
-                try:
-                    rss = child.memory_info().rss
-                    if "java" in child.name():
-                        driver += rss
-                    else:
-                        workers += rss
-                except psutil.Error:
-                    continue
-            self.driver, self.workers = max(self.driver, driver), max(self.workers, workers)
 
 
 def _timed_batch(spark, settings, landing: Path) -> tuple[float, dict]:
@@ -135,7 +98,8 @@ def _run_in_fresh_process(count: int, args: argparse.Namespace) -> dict:
     """Each size gets its own JVM, so every run pays (and reports) Spark's start-up."""
     command = [
         sys.executable,
-        __file__,
+        "-m",
+        "benchmarks.ingest",
         "--one",
         str(count),
         "--master",
@@ -143,7 +107,9 @@ def _run_in_fresh_process(count: int, args: argparse.Namespace) -> dict:
         "--work",
         str(args.work),
     ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(
+        command, check=True, capture_output=True, text=True, cwd=REPO_ROOT
+    ).stdout
     result = json.loads(output.strip().splitlines()[-1])
     print(json.dumps(result), flush=True)
     return result
@@ -153,23 +119,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 70000])
     parser.add_argument("--master", default="local[*]")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vl-bench")
+    parser.add_argument("--work", type=Path, help="default: a new empty folder")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # one size, this process
     args = parser.parse_args()
+    args.work = args.work or fresh_workdir("ingest")
     args.work.mkdir(parents=True, exist_ok=True)
     if args.one:
         print(json.dumps(run_size(args.one, args.master, args.work)))
         return
     results = [_run_in_fresh_process(count, args) for count in args.sizes]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30),
-        "python": platform.python_version(),
-    }
-    RESULTS.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
-    print(f"wrote {RESULTS}")
+    write_result("ingest", {"work": str(args.work), "results": results})
 
 
 if __name__ == "__main__":

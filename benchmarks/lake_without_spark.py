@@ -6,7 +6,7 @@ and is committed through ``visionloop.lake.commit`` (which keeps the label map) 
 images table of the same contract, so the training pipeline reads it unchanged. It does not
 deduplicate or quarantine: use the Spark job for real ingestion.
 
-    python benchmarks/lake_without_spark.py --source /usr/share/datasets/fashion-mnist \
+    python -m benchmarks.lake_without_spark --source /usr/share/datasets/fashion-mnist \
         --data-home /tmp/fmnist-home [--limit N]
 """
 

@@ -15,7 +15,7 @@ its spread. The lake is ``--lake`` (a data home with an ingested lake; default: 
 ingest of ``data/sample`` into this run's fresh work folder).
 Results: ``benchmarks/results/train-<device>.json``.
 
-    .venv/bin/python benchmarks/train.py [--nproc 1 2] [--rounds 3] [--lake .visionloop]
+    .venv/bin/python -m benchmarks.train [--nproc 1 2] [--rounds 3] [--lake .visionloop]
 """
 
 from __future__ import annotations

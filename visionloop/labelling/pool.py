@@ -13,7 +13,8 @@ import pyarrow.compute as pc
 
 from visionloop.embeddings.vectors import read_vectors
 from visionloop.labelling.selection import Pool, eligible
-from visionloop.lake.snapshot import LakeSnapshot, list_table, row_groups
+from visionloop.lake.snapshot import LakeSnapshot
+from visionloop.registry.scoring import read_predictions
 
 
 def candidates(snapshot: LakeSnapshot, open_tasks: Collection[str]) -> list[str]:
@@ -27,19 +28,6 @@ def candidates(snapshot: LakeSnapshot, open_tasks: Collection[str]) -> list[str]
     return [ids[i] for i in eligible(ids, splits, labelled, open_tasks)]
 
 
-def probabilities(lake_dir, model_version: str, image_ids: Collection[str]) -> dict[str, list]:
-    wanted, found = set(image_ids), {}
-    columns = ["image_id", "model_version", "probabilities"]
-    for part in row_groups(list_table(lake_dir, "predictions"), columns):
-        table = part.table.filter(pc.equal(part.table["model_version"], model_version))
-        for image_id, row in zip(
-            table["image_id"].to_pylist(), table["probabilities"].to_pylist(), strict=True
-        ):
-            if image_id in wanted:
-                found[image_id] = row
-    return found
-
-
 def build_pool(
     snapshot: LakeSnapshot,
     embedder_version: str,
@@ -51,7 +39,7 @@ def build_pool(
     vectors = read_vectors(snapshot.lake_path, embedder_version, candidates(snapshot, open_tasks))
     if model_version is None:
         return Pool(vectors.ids, None, vectors.matrix, _flags(vectors.ids, drifted))
-    scored = probabilities(snapshot.lake_path, model_version, vectors.ids)
+    scored = read_predictions(snapshot.lake_path, model_version, vectors.ids, "probabilities")
     keep = [i for i, image_id in enumerate(vectors.ids) if image_id in scored]
     ids = [vectors.ids[i] for i in keep]
     classes = len(next(iter(scored.values()))) if scored else 0

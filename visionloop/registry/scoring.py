@@ -104,17 +104,16 @@ class ScoringJob:
 
 
 def read_predictions(
-    lake_dir: Path, model_version: str, image_ids: Collection[str]
-) -> dict[str, str]:
-    """``image_id -> predicted label`` of one model version, for the given images."""
-    wanted, labels = set(image_ids), {}
-    for part in row_groups(
-        list_table(lake_dir, "predictions"), ["image_id", "model_version", "label"]
-    ):
+    lake_dir: Path, model_version: str, image_ids: Collection[str], column: str = "label"
+) -> dict[str, object]:
+    """``image_id -> column`` (the predicted label by default) of one model version."""
+    wanted, values = set(image_ids), {}
+    columns = ["image_id", "model_version", column]
+    for part in row_groups(list_table(lake_dir, "predictions"), columns):
         table = part.table.filter(pc.equal(part.table["model_version"], model_version))
-        for image_id, label in zip(
-            table["image_id"].to_pylist(), table["label"].to_pylist(), strict=True
+        for image_id, value in zip(
+            table["image_id"].to_pylist(), table[column].to_pylist(), strict=True
         ):
             if image_id in wanted:
-                labels[image_id] = label
-    return labels
+                values[image_id] = value
+    return values
