@@ -33,9 +33,10 @@ from sklearn.preprocessing import StandardScaler
 
 from benchmarks.common import RESULTS_DIR, fashion_mnist_embeddings, write_result
 from visionloop.labelling.selection import Pool, select
+from visionloop.settings import LabellingSettings
 
 STRATEGIES = ("random", "margin", "entropy", "least_confidence", "margin_clusters")
-DEFAULT = "margin"  # visionloop.settings.LabellingSettings.strategy
+DEFAULT = LabellingSettings().strategy
 
 
 def head(features: np.ndarray, labels: np.ndarray) -> LogisticRegression:

@@ -58,9 +58,7 @@ def check_leakage(
 ) -> dict[str, Any]:
     """Near-duplicates and cross-split leakage of the batches' images; the expectation on the
     leakage rate (critical when ``leakage.severity`` says so) stops the flow."""
-    index = VectorIndex.load(
-        index_dir(settings.index_dir, embedder_version), settings.similarity.ef_search
-    )
+    index = VectorIndex.load(index_dir(settings.index_dir, embedder_version), settings.similarity)
     leakage = settings.leakage
     found = check_batches(snapshot, index, batch_ids, leakage.threshold, leakage.neighbours)
     name = "-".join(sorted(batch_ids))[:120] or "lake"

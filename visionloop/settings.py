@@ -108,6 +108,9 @@ class SimilaritySettings(BaseModel):
     connectivity: int = Field(32, ge=4, description="HNSW graph degree (M)")
     ef_construction: int = Field(200, ge=8)
     ef_search: int = Field(64, ge=10)
+    rerank: int = Field(
+        50, ge=1, description="graph candidates re-ranked by exact cosine on the full vectors"
+    )
 
 
 class LeakageSettings(BaseModel):
@@ -155,8 +158,9 @@ class LabellingSettings(BaseModel):
     port: int = Field(8080, ge=1, le=65535, description="of the local Label Studio")
     admin_email: str = "admin@visionloop.local"
     budget: int = Field(200, ge=0, description="images sent to annotators per night")
-    strategy: Literal["margin", "entropy", "least_confidence", "random", "margin_clusters"] = (
-        "margin"
+    strategy: Literal["margin", "entropy", "least_confidence", "random", "margin_clusters"] = Field(
+        "margin_clusters",
+        description="the best measured in benchmarks/active_learning.py (see its README)",
     )
     min_agreement: float = Field(
         0.5, gt=0, le=1, description="share of a task's annotations its label needs (strictly more)"

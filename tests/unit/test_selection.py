@@ -23,14 +23,14 @@ def test_each_strategy_ranks_the_uncertain_first() -> None:
     assert np.argsort(-uncertainty(probabilities, "margin")).tolist()[0] == 1  # 0.05 apart
     assert np.argsort(-uncertainty(probabilities, "entropy")).tolist()[0] == 2
     assert np.argsort(-uncertainty(probabilities, "least_confidence")).tolist()[0] == 2
-    assert select(_pool(probabilities), 2) == ["i1", "i2"]
+    assert select(_pool(probabilities), 2, "margin") == ["i1", "i2"]
     with pytest.raises(ValueError, match="unknown strategy"):
         select(_pool(probabilities), 1, "loudest")
 
 
 def test_drifted_images_go_first_within_the_budget() -> None:
     probabilities = [[0.5, 0.5], [0.99, 0.01], [0.6, 0.4], [0.98, 0.02]]
-    chosen = select(_pool(probabilities, drifted=[False, True, False, True]), 3)
+    chosen = select(_pool(probabilities, drifted=[False, True, False, True]), 3, "margin")
     assert chosen == ["i3", "i1", "i0"]  # drifted (by uncertainty), then the most uncertain
 
 
@@ -54,5 +54,5 @@ def test_clustered_margin_spreads_over_clusters_and_random_is_seeded() -> None:
 def test_cold_start_takes_typical_images_of_each_region() -> None:
     rng = np.random.default_rng(2)
     embeddings = np.vstack([rng.normal(loc, 0.01, size=(30, 2)) for loc in (0.0, 5.0, 10.0)])
-    chosen = select(_pool(None, embeddings=embeddings), 3)
+    chosen = select(_pool(None, embeddings=embeddings), 3, "margin")
     assert {int(i[1:]) // 30 for i in chosen} == {0, 1, 2}
