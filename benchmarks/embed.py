@@ -10,7 +10,7 @@ work folder gets a lake by the Spark ingest job; then, in the same Spark session
   the predictions table — what batch scoring does for each new champion.
 Bare and subject alternate for ``--rounds`` rounds (the table is deleted before each
 subject round, so every round embeds everything); peak memory of the driver (Python + JVM)
-and the Python workers is sampled throughout. Results: ``benchmarks/results/embed.json``.
+and the Python workers is sampled throughout. Results: ``benchmarks/results/embed-<size>.json``.
 
     .venv/bin/python -m benchmarks.embed [--sizes 10000 70000] [--rounds 3]
 """
@@ -119,13 +119,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 70000])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results = []
     for count in args.sizes:
         work = fresh_workdir(f"embed-{count}")
-        results.append(run_size(count, args.rounds, work))
-        print(json.dumps(results[-1]), flush=True)
+        result = run_size(count, args.rounds, work)
+        print(json.dumps(result), flush=True)
         shutil.rmtree(work, ignore_errors=True)
-    write_result("embed", {"model": "tf_efficientnet_lite0 (packaged), 64 px", "results": results})
+        write_result(
+            f"embed-{count}", {"model": "tf_efficientnet_lite0 (packaged), 64 px", **result}
+        )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Results: ``benchmarks/results/gate.json``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import resource
 import statistics
@@ -25,13 +24,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from benchmarks.common import fresh_workdir, write_result
-from visionloop.ingest.samples import CLASS_NAMES, iter_images
+from benchmarks.lake_without_spark import image_row
+from visionloop.ingest.samples import iter_images
 from visionloop.lake import commit as lake
-from visionloop.lake.contract import IMAGES_SCHEMA, split_for
-from visionloop.preprocessing import ProcessedImage, image_options, process_image_bytes
+from visionloop.lake.contract import IMAGES_SCHEMA
 from visionloop.settings import Settings, load_settings
 
 BATCH_ROWS = 10_000
@@ -39,31 +37,11 @@ NEW_ROWS = 1_000
 
 
 def _rows(images: list[tuple], settings: Settings) -> list[dict]:
-    options, now = image_options(settings), datetime.now(UTC)
-    rows = []
-    for part, index, pixels, label in images:
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-        result = process_image_bytes(buffer.getvalue(), options)
-        assert isinstance(result, ProcessedImage), result
-        rows.append(
-            {
-                "image_id": result.image_id,
-                "image": result.image,
-                "image_format": result.image_format,
-                "label": CLASS_NAMES[label],
-                "label_source": "seed",
-                "labelled_at": now,
-                "split": split_for(result.image_id, settings.split),
-                "width": result.width,
-                "height": result.height,
-                "mode": result.mode,
-                "source_format": result.source_format,
-                "source_uri": f"fashion-mnist/{part}/{index}",
-                "ingested_at": now,
-            }
-        )
-    return rows
+    now = datetime.now(UTC)
+    return [
+        image_row(pixels, label, f"fashion-mnist/{part}/{index}", settings, now)
+        for part, index, pixels, label in images
+    ]
 
 
 def _stage(settings: Settings, batch_id: str, rows: list[dict]) -> None:

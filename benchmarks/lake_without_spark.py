@@ -25,7 +25,7 @@ from visionloop.ingest.samples import CLASS_NAMES, DEBIAN_DIR, iter_images
 from visionloop.lake import commit as lake
 from visionloop.lake.contract import IMAGES_SCHEMA, split_for
 from visionloop.preprocessing import ProcessedImage, image_options, process_image_bytes
-from visionloop.settings import load_settings
+from visionloop.settings import Settings, load_settings
 
 ROWS_PER_FILE = 10_000
 BATCH_ID = "fashion-mnist"
@@ -37,6 +37,27 @@ def png_bytes(pixels) -> bytes:
     return buffer.getvalue()
 
 
+def image_row(pixels, label: int, source_uri: str, settings: Settings, now: datetime) -> dict:
+    """One images-table row, preprocessed as the Spark job does (no dedup, no quarantine)."""
+    result = process_image_bytes(png_bytes(pixels), image_options(settings))
+    assert isinstance(result, ProcessedImage), result
+    return {
+        "image_id": result.image_id,
+        "image": result.image,
+        "image_format": result.image_format,
+        "label": CLASS_NAMES[label],
+        "label_source": "seed",
+        "labelled_at": now,
+        "split": split_for(result.image_id, settings.split),
+        "width": result.width,
+        "height": result.height,
+        "mode": result.mode,
+        "source_format": result.source_format,
+        "source_uri": source_uri,
+        "ingested_at": now,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEBIAN_DIR)
@@ -44,7 +65,6 @@ def main() -> None:
     parser.add_argument("--limit", type=int)
     args = parser.parse_args()
     settings = load_settings(data_home=args.data_home)
-    options = image_options(settings)
     staging = lake.stage(settings, BATCH_ID)
     directory = staging.table("images")
     now = datetime.now(UTC)
@@ -53,24 +73,8 @@ def main() -> None:
     for count, (part, index, pixels, label) in enumerate(iter_images(args.source)):
         if args.limit is not None and count >= args.limit:
             break
-        result = process_image_bytes(png_bytes(pixels), options)
-        assert isinstance(result, ProcessedImage), result
-        rows.append(
-            {
-                "image_id": result.image_id,
-                "image": result.image,
-                "image_format": result.image_format,
-                "label": CLASS_NAMES[label],
-                "label_source": "seed",
-                "split": split_for(result.image_id, settings.split),
-                "width": result.width,
-                "height": result.height,
-                "mode": result.mode,
-                "source_format": result.source_format,
-                "source_uri": f"{args.source}/{part}#{index}",
-                "ingested_at": now,
-            }
-        )
+        source_uri = f"{args.source}/{part}#{index}"
+        rows.append(image_row(pixels, label, source_uri, settings, now))
         if len(rows) == ROWS_PER_FILE:
             write_part(directory, files, rows)
             rows, files = [], files + 1
