@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from visionloop.labelling.client import LabelStudio, configured_or_running
-from visionloop.labelling.handoff import Outbox, choices, prepare, send, write_files
+from visionloop.labelling.handoff import Outbox, choices, prepare, refresh, send, write_files
 from visionloop.labelling.handoff import task as task_entry
 from visionloop.labelling.server import files_root
 from visionloop.labelling.sync import run_sync
@@ -77,19 +77,24 @@ def queue_for_annotation(
     known = champion[1].labels if champion else list(snapshot.classes)
     classes = choices(known, settings.classes)
     overlay = settings.labelling.overlay and champion is not None
-    box = outbox(settings)
-    box.set_project(settings.registered_model_name, classes, overlay)
-    open_tasks = box.pending_ids() | box.sent_ids()
-    if studio is not None and (project := studio.find_project(settings.registered_model_name)):
-        open_tasks |= studio.open_tasks(project)
-    chosen = prepare(snapshot, embedder_version, champion, open_tasks, drifted, settings.labelling)
     version = champion[0] if champion else None
-    write_files(files_root(settings), FOLDER, chosen, version or "none")
+    box = outbox(settings)
+    box.set_project(settings.registered_model_name, classes, overlay, version)
+    in_studio: dict[str, str | None] = {}
+    if studio is not None and (project := studio.find_project(settings.registered_model_name)):
+        in_studio = studio.open_tasks(project)
+    taken = box.pending_ids() | box.sent_ids() | set(in_studio)
+    chosen = prepare(snapshot, embedder_version, champion, taken, drifted, settings.labelling)
+    stale = sorted(image_id for image_id, made_by in in_studio.items() if made_by != version)
+    refreshed = refresh(snapshot, champion, stale, settings.labelling) if champion else []
+    write_files(files_root(settings), FOLDER, [*chosen, *refreshed], version or "none")
     queued = box.add([task_entry(item, FOLDER, version) for item in chosen])
+    box.add([task_entry(item, FOLDER, version) for item in refreshed])
     summary = {
         "selected": len(chosen),
         "of which drifted": len(set(drifted) & {item.image_id for item in chosen}),
         "queued": queued,
+        "open tasks to refresh": len(refreshed),
         "strategy": settings.labelling.strategy if champion else "cold start: k-means medoids",
         "model version": version or "none yet",
     }
@@ -115,6 +120,7 @@ def send_to_label_studio(settings: Settings) -> dict[str, Any]:
         sent = send(studio, project, box)
         summary = {
             "imported": sent.imported,
+            "open tasks refreshed": sent.refreshed,
             "already in Label Studio": sent.already_there,
             "where": f"{studio.url}/projects/{project}",
         }

@@ -28,10 +28,17 @@ from tests.browser import driven, wait_for
 from tests.integration.test_train_flow import TINY_TRAINING
 from visionloop.flows.labelling import handoff, sync_labels
 from visionloop.flows.nightly import nightly
+from visionloop.flows.score import score
 from visionloop.ingest.landing import LandingSource
 from visionloop.labelling.client import VIEW_TITLE, LabelStudio, choice_result
 from visionloop.labelling.server import LabelStudioUnavailableError, start, token
-from visionloop.parameters import SAMPLE_DIR, HandoffParameters, NightlyParameters, SyncParameters
+from visionloop.parameters import (
+    SAMPLE_DIR,
+    HandoffParameters,
+    NightlyParameters,
+    ScoreParameters,
+    SyncParameters,
+)
 from visionloop.registry.tracking import Tracking
 from visionloop.settings import REPO_ROOT, load_settings
 from visionloop.tasks.labelling import outbox
@@ -97,9 +104,13 @@ def _tasks(settings) -> list:
     return list(client.sdk.tasks.list(project=project, fields="all", page_size=200))
 
 
+def _predictions(task) -> list[dict]:
+    return [p if isinstance(p, dict) else p.dict() for p in task.predictions]
+
+
 def _prediction(task) -> dict:
-    (prediction,) = task.predictions
-    return prediction if isinstance(prediction, dict) else prediction.dict()
+    (prediction,) = _predictions(task)
+    return prediction
 
 
 def _lake_table(settings, name: str):
@@ -200,11 +211,60 @@ def test_an_outage_keeps_tasks_in_the_outbox_until_the_next_run(world) -> None:
     assert waiting <= {task.data["image_id"] for task in _tasks(settings)}
 
 
+def test_a_new_champion_refreshes_every_open_task_and_pins_the_project(world) -> None:
+    settings, config, *_ = world
+    tracking = Tracking.connect(settings)
+    before = tracking.alias_version("champion")
+    registered = tracking.client.search_model_versions(f"name='{settings.registered_model_name}'")
+    other = next(str(v.version) for v in registered if str(v.version) != before)
+    # Another version becomes champion (as a promotion or a rollback leaves it) and scores
+    # the lake, as the nightly does after a promotion.
+    tracking.client.set_registered_model_alias(settings.registered_model_name, "champion", other)
+    score(ScoreParameters(config=str(config)))
+    client = _client(settings)
+    project = client.find_project(settings.registered_model_name)
+    open_tasks = client.open_tasks(project)
+    assert open_tasks and set(open_tasks.values()) == {before}
+    stale = set(open_tasks)
+
+    renewed = handoff(HandoffParameters(config=str(config), budget=0))
+    assert renewed["queued"]["open tasks to refresh"] == len(stale)
+    assert renewed["sent"]["open tasks refreshed"] == len(stale)
+    assert client.sdk.projects.get(id=project).model_version == other
+    predictions = _lake_table(settings, "predictions").to_pandas()
+    predictions = predictions[predictions["model_version"] == other].set_index("image_id")
+    headers = {"Authorization": f"Token {token(settings)}"}
+    for task in _tasks(settings):
+        if task.data["image_id"] not in stale:
+            continue
+        latest = max(_predictions(task), key=lambda prediction: prediction["id"])
+        row = predictions.loc[task.data["image_id"]]
+        assert latest["model_version"] == other
+        assert latest["score"] == pytest.approx(float(row["confidence"]))
+        assert latest["result"][0]["value"]["choices"] == [row["label"]]
+        assert f"/{other}/" in task.data["overlay"]
+        assert httpx.get(client.url + task.data["overlay"], headers=headers).status_code == 200
+    again = handoff(HandoffParameters(config=str(config), budget=0))
+    assert again["sent"]["open tasks refreshed"] == 0 and again["sent"]["imported"] == 0
+
+
 # The labelling panel's images (Label Studio draws them from blob: URLs) once all have loaded.
 PANEL_IMAGES = """
 const images = Array.from(document.querySelectorAll('.lsf-image > img'));
 return images.length >= 2 && images.every(i => i.complete && i.naturalWidth > 0) && images.length;
 """
+
+
+def _score(task, model_version: str) -> float | None:
+    """The score the Data Manager sorts by: the project's pinned model version's."""
+    scores = [p["score"] for p in _predictions(task) if p["model_version"] == model_version]
+    return sum(scores) / len(scores) if scores else None
+
+
+def _unscored_last(score: float | None) -> tuple[bool, float]:
+    return score is None, score or 0.0
+
+
 TASK_LIST_IDS = """
 const rows = Array.from(document.querySelectorAll('.lsf-table-row'));
 return rows.length && rows.map(row => parseInt(row.innerText.trim().split(/\\s+/)[0]));
@@ -218,8 +278,9 @@ def test_an_annotator_sees_image_overlay_and_model_choice_in_a_list_sorted_by_sc
     client = _client(settings)
     project = client.find_project(settings.registered_model_name)
     (view,) = [v for v in client.sdk.views.list(project=project) if v.data["title"] == VIEW_TITLE]
+    pinned = client.sdk.projects.get(id=project).model_version
     tasks = _tasks(settings)
-    scores = {task.id: _prediction(task)["score"] for task in tasks}
+    scores = {task.id: _score(task, pinned) for task in tasks}
     task = next(t for t in tasks if t.data["image_id"] in client.open_tasks(project))
     with driven() as browser:
         browser.get(f"{client.url}/user/login/")
@@ -230,15 +291,15 @@ def test_an_annotator_sees_image_overlay_and_model_choice_in_a_list_sorted_by_sc
 
         browser.get(f"{client.url}/projects/{project}/data?tab={view.id}")
         listed = wait_for(browser, TASK_LIST_IDS)
-        assert (
-            listed == sorted(scores, key=lambda task_id: (scores[task_id], task_id))[: len(listed)]
-        )
+        shown = [scores[task_id] for task_id in listed]
+        assert shown == sorted(scores.values(), key=_unscored_last)[: len(shown)]
 
         browser.get(f"{client.url}/projects/{project}/data?tab={view.id}&task={task.id}")
         assert wait_for(browser, PANEL_IMAGES) == 2  # the image and its Grad-CAM overlay
         assert "issue loading URL" not in browser.find_element(By.TAG_NAME, "body").text
         chosen = browser.find_elements(By.CSS_SELECTOR, "input[type=checkbox]:checked")
-        predicted = _prediction(task)["result"][0]["value"]["choices"]
+        (predicted,) = [p for p in _predictions(task) if p["model_version"] == pinned]
+        predicted = predicted["result"][0]["value"]["choices"]
         assert [box.get_attribute("name") for box in chosen] == predicted
 
 

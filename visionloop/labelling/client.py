@@ -8,7 +8,7 @@ URL and the fix; the SDK's own retries are kept short so an outage fails in seco
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +63,15 @@ class Annotation:
     label: str | None  # None: skipped/cancelled, or no choice made
     cancelled: bool
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ExistingTask:
+    """What the handoff needs to know of an image's task in Label Studio."""
+
+    id: int
+    open: bool  # nobody has completed it yet
+    model_version: str | None  # of its latest prediction
 
 
 @dataclass(frozen=True)
@@ -160,12 +169,12 @@ class LabelStudio:
 
     # ------------------------------------------------------------------ tasks
 
-    def existing_tasks(self, project: int, image_ids: Iterable[str]) -> dict[str, int]:
-        """``image_id -> task id`` of the images that already have a task in the project.
+    def existing_tasks(self, project: int, image_ids: Iterable[str]) -> dict[str, ExistingTask]:
+        """The tasks of those images that already have one in the project, by ``image_id``.
 
         Label Studio does not deduplicate imports: this is what keeps reruns idempotent.
         """
-        found: dict[str, int] = {}
+        found: dict[str, ExistingTask] = {}
         ids = list(image_ids)
         for start in range(0, len(ids), LOOKUP_CHUNK):
             items = [
@@ -179,9 +188,11 @@ class LabelStudio:
             ]
             query = {"filters": {"conjunction": "or", "items": items}}
             for task in self.sdk.tasks.list(
-                project=project, query=json.dumps(query), page_size=200
+                project=project, query=json.dumps(query), fields="all", page_size=200
             ):
-                found[task.data["image_id"]] = int(task.id)
+                found[task.data["image_id"]] = ExistingTask(
+                    int(task.id), task.completed_at is None, _model_version(task)
+                )
         return found
 
     def import_tasks(self, project: int, tasks: list[dict[str, Any]]) -> list[int]:
@@ -190,8 +201,25 @@ class LabelStudio:
         response = self.sdk.projects.import_tasks(id=project, request=tasks, return_task_ids=True)
         return [int(task_id) for task_id in response.task_ids]
 
-    def open_tasks(self, project: int) -> set[str]:
-        """Image ids of tasks nobody has completed yet."""
+    def refresh_task(self, task_id: int, entry: Mapping[str, Any]) -> None:
+        """Give an open task ``entry``'s data and prediction (a newer champion's guess)."""
+        self.sdk.tasks.update(id=str(task_id), data=entry["data"])
+        for prediction in entry.get("predictions", []):
+            self.sdk.predictions.create(task=task_id, **prediction)
+
+    def use_model_version(self, project: int, model_version: str) -> None:
+        """Show, score and sort tasks by ``model_version``'s predictions.
+
+        Label Studio pins a project to the version of the first predictions it imported;
+        tasks whose predictions come from another version show no pre-selection and sort
+        as if unscored.
+        """
+        if self.sdk.projects.get(id=project).model_version != model_version:
+            self.sdk.projects.update(id=project, model_version=model_version)
+
+    def open_tasks(self, project: int) -> dict[str, str | None]:
+        """Tasks nobody has completed yet: ``image_id -> model version`` of their latest
+        prediction."""
         query = {
             "filters": {
                 "conjunction": "and",
@@ -205,8 +233,10 @@ class LabelStudio:
                 ],
             }
         }
-        tasks = self.sdk.tasks.list(project=project, query=json.dumps(query), page_size=200)
-        return {task.data["image_id"] for task in tasks}
+        tasks = self.sdk.tasks.list(
+            project=project, query=json.dumps(query), fields="all", page_size=200
+        )
+        return {task.data["image_id"]: _model_version(task) for task in tasks}
 
     def changed_tasks(self, project: int, since: datetime | None) -> Iterator[Task]:
         """Tasks updated after ``since`` (any annotation change bumps it), oldest first."""
@@ -230,11 +260,8 @@ class LabelStudio:
             yield self._task(task)
 
     def _task(self, task: Any) -> Task:
-        predictions = getattr(task, "predictions", None) or []
         predicted, confidence = None, None
-        if predictions:
-            latest = predictions[-1]
-            latest = latest if isinstance(latest, dict) else latest.dict()
+        if latest := _latest_prediction(task):
             chosen = latest.get("result") or []
             predicted = chosen[0]["value"]["choices"][0] if chosen else None
             confidence = latest.get("score")
@@ -273,6 +300,17 @@ class LabelStudio:
         if not self._emails:
             self._emails = {int(u.id): u.email for u in self.sdk.users.list()}
         return self._emails.get(int(user), str(user))
+
+
+def _latest_prediction(task: Any) -> dict[str, Any] | None:
+    """The newest of a task's predictions (Label Studio lists them in no set order)."""
+    predictions = [p if isinstance(p, dict) else p.dict() for p in task.predictions or []]
+    return max(predictions, key=lambda p: p.get("id") or 0, default=None)
+
+
+def _model_version(task: Any) -> str | None:
+    latest = _latest_prediction(task)
+    return None if latest is None else latest.get("model_version")
 
 
 def configured_or_running(settings: Settings) -> LabelStudio | None:

@@ -5,8 +5,10 @@ its task — the image, the overlay, its ``image_id``, and the champion's predic
 pre-selected choice with ``model_version`` and ``score`` — joins the **outbox**, a file
 under the data home. :func:`send` imports the outbox: it asks Label Studio which images
 already have a task (Label Studio does not deduplicate imports), imports only the others,
-and keeps whatever could not be sent for the next run. Without a Label Studio the outbox
-is the ready-to-import task file.
+and keeps whatever could not be sent for the next run. Open tasks an earlier champion handed
+out get tonight's champion's guess and overlay (:func:`refresh`), so the whole queue is
+scored, sorted and pre-selected by one model. Without a Label Studio the outbox is the
+ready-to-import task file.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from visionloop.labelling.client import LabelStudio, choice_result
 from visionloop.labelling.overlay import overlays
 from visionloop.labelling.pool import build_pool
 from visionloop.labelling.selection import select
 from visionloop.lake.snapshot import LakeSnapshot
+from visionloop.registry.scoring import read_predictions
 from visionloop.settings import LabellingSettings
 from visionloop.training.classifier import ImageClassifier
 
@@ -131,9 +136,16 @@ class Outbox:
     def pending(self) -> list[dict[str, Any]]:
         return json.loads(self.path.read_text()) if self.path.exists() else []
 
-    def set_project(self, title: str, classes: Sequence[str], overlay: bool) -> None:
+    def set_project(
+        self, title: str, classes: Sequence[str], overlay: bool, model_version: str | None
+    ) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        spec = {"title": title, "classes": list(classes), "overlay": overlay}
+        spec = {
+            "title": title,
+            "classes": list(classes),
+            "overlay": overlay,
+            "model_version": model_version,
+        }
         self.project_file.write_text(json.dumps(spec))
 
     def project(self) -> dict[str, Any] | None:
@@ -163,50 +175,103 @@ class Outbox:
 @dataclass(frozen=True)
 class Sent:
     imported: int
+    refreshed: int  # open tasks given a newer champion's guess
     already_there: int
 
 
 def send(client: LabelStudio, project: int, outbox: Outbox) -> Sent:
-    """Import the outbox's tasks that have no task yet, then empty the outbox.
+    """Import the outbox's tasks that have no task yet, give open tasks from an earlier
+    champion the newer guess, pin the project to the champion's version, empty the outbox.
 
     A failure leaves the outbox as it was; the next call asks again which tasks exist.
     """
     queued = outbox.pending()
-    existing = client.existing_tasks(project, [entry["data"]["image_id"] for entry in queued])
-    missing = [entry for entry in queued if entry["data"]["image_id"] not in existing]
+    existing = client.existing_tasks(project, [_image_id(entry) for entry in queued])
+    missing = [entry for entry in queued if _image_id(entry) not in existing]
+    stale = [
+        (found.id, entry)
+        for entry in queued
+        if (found := existing.get(_image_id(entry))) is not None
+        and found.open
+        and _model_version(entry) not in (None, found.model_version)
+    ]
     client.import_tasks(project, missing)
-    outbox.mark_sent({entry["data"]["image_id"] for entry in queued})
+    for task_id, entry in stale:
+        client.refresh_task(task_id, entry)
+    written = {_model_version(entry) for entry in missing} | {_model_version(e) for _, e in stale}
+    if (version := (outbox.project() or {}).get("model_version")) in written:
+        client.use_model_version(project, version)
+    outbox.mark_sent({_image_id(entry) for entry in queued})
     outbox.keep_only(set())
-    return Sent(len(missing), len(queued) - len(missing))
+    return Sent(len(missing), len(stale), len(queued) - len(missing) - len(stale))
+
+
+def _image_id(entry: Mapping[str, Any]) -> str:
+    return entry["data"]["image_id"]
+
+
+def _model_version(entry: Mapping[str, Any]) -> str | None:
+    predictions = entry.get("predictions") or [{}]
+    return predictions[0].get("model_version")
 
 
 def prepare(
     snapshot: LakeSnapshot,
     embedder_version: str,
     champion: tuple[str, ImageClassifier] | None,
-    open_tasks: set[str],
+    taken: set[str],
     drifted: Sequence[str],
     settings: LabellingSettings,
 ) -> list[Selected]:
     """Tonight's images: selected from the pool, with the champion's guess and overlay."""
     version, classifier = champion if champion else (None, None)
-    pool = build_pool(snapshot, embedder_version, version, open_tasks, drifted)
+    pool = build_pool(snapshot, embedder_version, version, taken, drifted)
     chosen = select(pool, settings.budget, settings.strategy, settings.seed)
-    wanted, stored = set(chosen), {}
+    probabilities = (
+        {}
+        if pool.probabilities is None
+        else {image_id: pool.probabilities[i] for i, image_id in enumerate(pool.ids)}
+    )
+    return _described(snapshot, classifier, chosen, probabilities, settings.overlay)
+
+
+def refresh(
+    snapshot: LakeSnapshot,
+    champion: tuple[str, ImageClassifier],
+    image_ids: Sequence[str],
+    settings: LabellingSettings,
+) -> list[Selected]:
+    """Open tasks an earlier champion handed out, with tonight's champion's guess and
+    overlay (so every open task is scored, sorted and pre-selected by the same model)."""
+    version, classifier = champion
+    scored = read_predictions(snapshot.lake_path, version, image_ids, "probabilities")
+    ids = [image_id for image_id in image_ids if image_id in scored]
+    return _described(snapshot, classifier, ids, scored, settings.overlay)
+
+
+def _described(
+    snapshot: LakeSnapshot,
+    classifier: ImageClassifier | None,
+    image_ids: Sequence[str],
+    probabilities: Mapping[str, Any],
+    overlay: bool,
+) -> list[Selected]:
+    """``image_ids`` with their stored bytes, the model's guess and its Grad-CAM overlay."""
+    wanted, stored = set(image_ids), {}
     for part in snapshot.row_groups(["image_id", "image"]):
         for row in part.table.to_pylist():
             if row["image_id"] in wanted:
                 stored[row["image_id"]] = row["image"]
-    pictures = [stored[image_id] for image_id in chosen]
-    heat = overlays(classifier, pictures) if classifier and settings.overlay else []
-    position = {image_id: i for i, image_id in enumerate(pool.ids)}
-    selected = []
-    for number, (image_id, picture) in enumerate(zip(chosen, pictures, strict=True)):
+    pictures = [stored[image_id] for image_id in image_ids]
+    heat = overlays(classifier, pictures) if classifier and overlay else []
+    described = []
+    for number, (image_id, picture) in enumerate(zip(image_ids, pictures, strict=True)):
         predicted = confidence = None
-        if classifier is not None and pool.probabilities is not None:
-            probabilities = pool.probabilities[position[image_id]]
-            predicted = classifier.labels[int(probabilities.argmax())]
-            confidence = float(probabilities.max())
-        overlay = heat[number] if heat else None
-        selected.append(Selected(image_id, picture, overlay, predicted, confidence))
-    return selected
+        if classifier is not None and image_id in probabilities:
+            guess = np.asarray(probabilities[image_id])
+            predicted = classifier.labels[int(guess.argmax())]
+            confidence = float(guess.max())
+        described.append(
+            Selected(image_id, picture, heat[number] if heat else None, predicted, confidence)
+        )
+    return described
