@@ -193,14 +193,15 @@ def send(client: LabelStudio, project: int, outbox: Outbox) -> Sent:
         for entry in queued
         if (found := existing.get(_image_id(entry))) is not None
         and found.open
-        and _model_version(entry) not in (None, found.model_version)
+        and _entry_version(entry) not in (None, found.model_version)
     ]
     client.import_tasks(project, missing)
     for task_id, entry in stale:
         client.refresh_task(task_id, entry)
-    written = {_model_version(entry) for entry in missing} | {_model_version(e) for _, e in stale}
-    if (version := (outbox.project() or {}).get("model_version")) in written:
-        client.use_model_version(project, version)
+    version = (outbox.project() or {}).get("model_version")
+    written = [*missing, *(entry for _, entry in stale)]
+    if version is not None and any(_entry_version(entry) == version for entry in written):
+        client.use_model_version(project, version)  # Label Studio accepts only a version it has
     outbox.mark_sent({_image_id(entry) for entry in queued})
     outbox.keep_only(set())
     return Sent(len(missing), len(stale), len(queued) - len(missing) - len(stale))
@@ -210,7 +211,7 @@ def _image_id(entry: Mapping[str, Any]) -> str:
     return entry["data"]["image_id"]
 
 
-def _model_version(entry: Mapping[str, Any]) -> str | None:
+def _entry_version(entry: Mapping[str, Any]) -> str | None:
     predictions = entry.get("predictions") or [{}]
     return predictions[0].get("model_version")
 
@@ -243,6 +244,8 @@ def refresh(
 ) -> list[Selected]:
     """Open tasks an earlier champion handed out, with tonight's champion's guess and
     overlay (so every open task is scored, sorted and pre-selected by the same model)."""
+    if not image_ids:
+        return []
     version, classifier = champion
     scored = read_predictions(snapshot.lake_path, version, image_ids, "probabilities")
     ids = [image_id for image_id in image_ids if image_id in scored]
@@ -257,6 +260,8 @@ def _described(
     overlay: bool,
 ) -> list[Selected]:
     """``image_ids`` with their stored bytes, the model's guess and its Grad-CAM overlay."""
+    if not image_ids:
+        return []  # without reading the images table
     wanted, stored = set(image_ids), {}
     for part in snapshot.row_groups(["image_id", "image"]):
         for row in part.table.to_pylist():
