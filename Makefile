@@ -50,7 +50,7 @@ $(LABEL_STUDIO_STAMP): requirements/label-studio.txt
 	@touch $@
 
 run: install
-	$(BIN)/visionloop run
+	$(BIN)/visionloop run --sample
 
 test: install petastorm label-studio debian-packages
 	$(BIN)/ruff check .

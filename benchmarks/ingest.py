@@ -88,9 +88,9 @@ def run_size(count: int, master: str, work: Path) -> dict:
         "warm_job_s": round(warm_job, 2),
         "peak_driver_rss_mb": round(memory.driver / 2**20),
         "peak_workers_rss_mb": round(memory.workers / 2**20),
-        "written": report["written"],
-        "duplicates": report["duplicates"],
-        "quarantined": report["quarantined"],
+        "written": report.written,
+        "duplicates": report.duplicates,
+        "quarantined": report.quarantined,
     }
 
 

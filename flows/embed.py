@@ -38,8 +38,6 @@ def embed_stage(
     """Embeddings, index and leakage on one snapshot, for flows that hold the resources."""
     embedded = embed_images(spark, settings, snapshot, tracking)
     version = embedded["embedder_version"]
-    return {
-        "embeddings": embedded,
-        "index": update_index(settings, version),
-        "leakage": check_leakage(settings, snapshot, version, batch_ids),
-    }
+    index = update_index(settings, version)
+    leakage = check_leakage(settings, snapshot, version, batch_ids) if batch_ids else None
+    return {"embeddings": embedded, "index": index, "leakage": leakage}

@@ -1,6 +1,6 @@
 """Nightly flow: every stage of the loop, in order, on one Spark session and one snapshot.
 
-sync yesterday's labels → ingest → validate (a critical failure stops here) → embed →
+sync yesterday's labels → ingest what arrived → validate (a critical failure stops here) → embed →
 index → leakage → score with the current champion → drift → train/promote (unless nothing
 new) → score with tonight's champion → Feast → the night's decision, in one table →
 hand the most useful images (drifted ones first) to annotators.
@@ -43,16 +43,17 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
     studio = studio if isinstance(studio, LabelStudio) else None
     spark = start_spark(settings)
     result: dict[str, Any] = {"labels": sync_annotations(settings, studio)}
-    result["ingest"] = ingest_batch(spark, settings, params)
-    batch_ids = [result["ingest"]["batch"]["batch_id"]]
+    ingested = result["ingest"] = ingest_batch(spark, settings, params)
+    batch_ids = ingested.batch_ids  # none on a night when nothing new arrived
     snapshot = snapshot_lake(settings)
     result["embed"] = embed_stage(spark, settings, snapshot, tracking, batch_ids)
     score_images(spark, settings, snapshot, tracking)  # tonight's images, by the champion
     version = result["embed"]["embeddings"]["embedder_version"]
     result["drift"] = check_drift(settings, snapshot, tracking, version, batch_ids)
     if params.train:
-        gate = result["ingest"]["gate"]
-        expectations = {key: gate[key] for key in ("passed", "overridden", "batch_id")}
+        gate = ingested.gate  # None: nothing arrived, so no batch was gated tonight
+        keys = ("passed", "overridden", "batch_id")
+        expectations = {key: gate[key] for key in keys} if gate else None
         training = TrainParameters(force=params.force_training, config=params.config)
         result["train"] = train_and_promote(tracking, settings, snapshot, training, expectations)
         result["score"] = score_images(spark, settings, snapshot, tracking)  # a new champion

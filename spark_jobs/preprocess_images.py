@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -30,9 +29,12 @@ from pyspark import TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from visionloop.ingest import ledger
 from visionloop.ingest.landing import LandingSource, enumerate_source, write_listing
+from visionloop.ingest.report import IngestReport
 from visionloop.lake import commit as lake
 from visionloop.lake.contract import (
+    ARRIVALS_SCHEMA,
     DUPLICATES_SCHEMA,
     IMAGES_SCHEMA,
     LABEL_EVENTS_SCHEMA,
@@ -209,11 +211,15 @@ def write_table_partition(batches, directory: Path, schema: pa.Schema, batch_id:
 # ---------------------------------------------------------------- driver-side stages
 
 
-def list_batch(sources: list[LandingSource], listing: Path) -> int:
-    """Write every landing file of every source into the listing; returns files in."""
-
+def list_batch(settings: Settings, sources: list[LandingSource], staging: lake.BatchStaging):
+    """List every landing file into ``listed.parquet`` and the ones the arrival ledger has
+    not placed into the listing the workers read; returns (files listed, files to read)."""
     entries = itertools.chain.from_iterable(enumerate_source(source) for source in sources)
-    return write_listing(entries, listing)
+    everything = staging.root / "listed.parquet"
+    listed = write_listing(entries, everything)
+    fresh = ledger.unplaced(pq.read_table(everything), ledger.placed(settings.lake_dir))
+    pq.write_table(fresh, staging.listing)
+    return listed, fresh.num_rows
 
 
 def preprocess(spark: SparkSession, settings: Settings, staging: lake.BatchStaging) -> DataFrame:
@@ -312,10 +318,12 @@ def write_outputs(
     settings: Settings,
     staging: lake.BatchStaging,
     decisions: DataFrame,
+    listing: DataFrame,
     batch_id: str,
     ingested_at: datetime,
 ) -> None:
-    """Write new images (Parquet + TFRecord), quarantine and duplicate rows into staging."""
+    """Write new images (Parquet + TFRecord), quarantine, duplicate and arrival-ledger rows
+    into staging."""
     labels = label_index(settings, decisions)
     new_rows = decisions.filter(F.col("outcome") == NEW).select("file", "entry_id")
     files = max(1, len(list(staging.processed.glob("*.parquet"))))
@@ -341,6 +349,28 @@ def write_outputs(
         "uri", "image_id", "duplicate_of"
     )
     _write_table(duplicates, staging.table("duplicates"), DUPLICATES_SCHEMA, settings, batch_id)
+    _write_table(
+        arrivals(decisions, listing, ingested_at),
+        staging.table(ledger.ARRIVALS),
+        ARRIVALS_SCHEMA,
+        settings,
+        batch_id,
+    )
+
+
+def arrivals(decisions: DataFrame, listing: DataFrame, placed_at: datetime) -> DataFrame:
+    """The arrival-ledger rows of a batch: each file read, its size and mtime, and outcome."""
+    stats = listing.select("entry_id", "size", "mtime_ns")
+    return decisions.join(stats, "entry_id").select(
+        F.col("uri").alias("source_uri"),
+        "size",
+        "mtime_ns",
+        "label",
+        "outcome",
+        "image_id",
+        "reason",
+        F.lit(placed_at).cast("timestamp").alias("placed_at"),
+    )
 
 
 def _write_table(
@@ -362,7 +392,7 @@ def label_index(settings: Settings, decisions: DataFrame) -> dict[str, int]:
     return index_of(lake.batch_label_map(settings, {row.label for row in labels.collect()}))
 
 
-def summarise(decisions: DataFrame, files_in: int, batch_id: str) -> dict[str, Any]:
+def summarise(decisions: DataFrame) -> dict[str, Any]:
     """Counts by outcome and quarantine reason (a small aggregate)."""
     counts = decisions.groupBy("outcome", "reason").count().collect()
     by_outcome: dict[str, int] = {}
@@ -372,8 +402,6 @@ def summarise(decisions: DataFrame, files_in: int, batch_id: str) -> dict[str, A
         if row.outcome == QUARANTINED:
             by_reason[row.reason] = row["count"]
     return {
-        "batch_id": batch_id,
-        "files_in": files_in,
         "written": by_outcome.get(NEW, 0),
         "duplicates": by_outcome.get(DUPLICATE, 0),
         "quarantined": by_outcome.get(QUARANTINED, 0),
@@ -386,42 +414,46 @@ def stage_batch(
     settings: Settings,
     sources: list[LandingSource],
     batch_id: str | None = None,
-) -> dict[str, Any]:
-    """Preprocess one landing batch into its staging folder; returns the batch report.
+) -> IngestReport:
+    """Preprocess the new arrivals of the landing sources into a staging folder.
 
-    Raises if any file is unaccounted for: files in = new rows + duplicates + quarantined.
-    Call it inside :func:`visionloop.lake.writer`: it recovers interrupted batches first.
+    Files the arrival ledger has placed are skipped unopened. Raises if any file is
+    unaccounted for (listed = skipped + written + duplicates + quarantined). A batch that
+    reads nothing leaves no staging folder. Call it inside :func:`visionloop.lake.writer`:
+    it recovers interrupted batches first.
     """
     lake.recover(settings)
     batch_id = batch_id or new_batch_id()
     ingested_at = datetime.now(UTC)
     staging = lake.stage(settings, batch_id)
-    files_in = list_batch(sources, staging.listing)
+    listed, read = list_batch(settings, sources, staging)
+    report = {
+        "batch_id": batch_id,
+        "listed": listed,
+        "skipped": listed - read,
+        "read": read,
+        "ingested_at": ingested_at,
+        "sources": [source.path for source in sources],
+    }
+    if not read:
+        lake.discard(settings, batch_id)
+        return IngestReport(**report, written=0, duplicates=0, quarantined=0)
     narrow = preprocess(spark, settings, staging)
     decide(narrow, read_lake_labels(spark, settings)).write.parquet(str(staging.decisions))
     decisions = spark.read.parquet(str(staging.decisions))
-    write_outputs(settings, staging, decisions, batch_id, ingested_at)
-    report = summarise(decisions, files_in, batch_id)
-    accounted = report["written"] + report["duplicates"] + report["quarantined"]
-    if accounted != files_in:
-        raise RuntimeError(
-            f"batch {batch_id}: {files_in} files in but {accounted} accounted for; "
-            "the batch was not committed"
-        )
-    return report | {
-        "ingested_at": ingested_at.isoformat(),
-        "sources": [source.path for source in sources],
-        "staging": str(staging.root),
-    }
+    listing = spark.read.parquet(str(staging.listing))
+    write_outputs(settings, staging, decisions, listing, batch_id, ingested_at)
+    return IngestReport(**report, **summarise(decisions))
 
 
 def run_batch(
     spark: SparkSession, settings: Settings, sources: list[LandingSource]
-) -> dict[str, Any]:
+) -> IngestReport:
     """Stage and commit a batch without a quality gate (``spark-submit`` entry point)."""
     with lake.writer(settings, "spark job preprocess_images"):
         report = stage_batch(spark, settings, sources)
-        lake.commit(settings, report["batch_id"], report)
+        if report.arrived:
+            lake.commit(settings, report.batch_id, report.model_dump(mode="json"))
     return report
 
 
@@ -436,7 +468,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(args.config)
     sources = [LandingSource(path=path, layout=args.layout) for path in args.source]
     report = run_batch(spark_session(settings, "visionloop-preprocess"), settings, sources)
-    print(json.dumps(report, indent=2))
+    print(report.model_dump_json(indent=2))
 
 
 if __name__ == "__main__":

@@ -25,15 +25,20 @@ def check_drift(
     batch_ids: list[str],
 ) -> dict[str, Any]:
     """Evidently drift of ``batch_ids`` against the champion's training images; the record."""
+    if not batch_ids:
+        return {"drifted": None, "note": "no new images tonight", "drifted_ids": []}
     champion = tracking.alias_version(CHAMPION)
     if champion is None:
         return {"drifted": None, "note": "no champion yet, so no reference", "drifted_ids": []}
-    tags = tracking.version_tags(champion)
+    trained_on = tracking.training_snapshot(champion)
+    if trained_on is None:
+        note = f"champion v{champion} has no logged training snapshot; retrain to judge drift"
+        return {"drifted": None, "note": note, "drifted_ids": []}
     sets = drift_sets(
         snapshot,
         embedder_version,
         champion,
-        reference_batches=tags.get("lineage.batch_ids", "").split(","),
+        reference=trained_on,
         current_batches=batch_ids,
         reference_size=settings.drift.reference_size,
         seed=settings.drift.seed,

@@ -7,20 +7,21 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
+from visionloop.ingest.report import IngestReport
 from visionloop.quality.gate import run_gate
 from visionloop.settings import Settings
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NONE)
 def validate_batch(
-    settings: Settings, report: dict[str, Any], accept_failing_batch: bool
+    settings: Settings, report: IngestReport, accept_failing_batch: bool
 ) -> dict[str, Any]:
     """Check the staged batch and the table it would make; returns the gate result as JSON."""
     result = run_gate(
         settings,
-        report["batch_id"],
-        files_in=report["files_in"],
-        quarantined=report["quarantined"],
+        report.batch_id,
+        files_in=report.read,
+        quarantined=report.quarantined,
         accept_failing_batch=accept_failing_batch,
     )
     return result.to_json()

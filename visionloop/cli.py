@@ -113,42 +113,69 @@ def _run(operation: Callable[[], Any]) -> Any:
 
 @app.command()
 def run(
-    config: ConfigOption = None,
+    source: Annotated[
+        list[Path] | None, typer.Option("--source", help="one-off landing folder or manifest")
+    ] = None,
+    layout: Annotated[str, typer.Option(help="auto|imagefolder|manifest|unlabelled")] = "auto",
+    sample: Annotated[
+        bool, typer.Option("--sample", help="the shipped sample, arriving as two nights")
+    ] = False,
     accept_failing_batch: Annotated[bool, typer.Option(help="accept a failing batch")] = False,
+    config: ConfigOption = None,
 ) -> None:
-    """Run the nightly flow once, on the sample images (or the configured sources)."""
+    """Run the nightly flow once on the landing zone (``landing.sources``) or ``--source``.
+
+    With ``--sample`` (``make run``) the shipped sample arrives as two nights: the labelled
+    images, then the unlabelled pool, so the second night judges drift against the first
+    night's champion. A night reads only files the lake has not placed yet.
+    """
     settings = _settings(config)
     from visionloop.flows.nightly import nightly
-    from visionloop.parameters import NightlyParameters
+    from visionloop.ingest.landing import LandingSource, landing_sources
+    from visionloop.parameters import NightlyParameters, sample_nights
 
-    params = NightlyParameters(
-        accept_failing_batch=accept_failing_batch, config=str(config) if config else None
-    )
-    result = _run(lambda: nightly(params))
-    print_summary(settings, result)
+    if sample:
+        nights = sample_nights()
+    else:
+        sources = [LandingSource(path=str(path), layout=layout) for path in source or []]
+        with reported_errors():
+            nights = [landing_sources(sources, settings.landing.sources)]
+    for number, sources in enumerate(nights, start=1):
+        if len(nights) > 1:
+            typer.secho(f"\n== night {number} of {len(nights)} ==", bold=True)
+        params = NightlyParameters(
+            sources=sources,
+            accept_failing_batch=accept_failing_batch,
+            config=str(config) if config else None,
+        )
+        print_summary(settings, _run(lambda params=params: nightly(params)))
 
 
 @app.command()
 def ingest(
-    sources: Annotated[list[Path], typer.Argument(help="landing folders or manifests")],
+    sources: Annotated[
+        list[Path] | None,
+        typer.Argument(help="landing folders or manifests; default: landing.sources"),
+    ] = None,
     layout: Annotated[str, typer.Option(help="auto|imagefolder|manifest|unlabelled")] = "auto",
     accept_failing_batch: Annotated[bool, typer.Option(help="accept a failing batch")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Ingest landing folders or manifests into the lake through the quality gate."""
+    """Ingest the new files of landing folders or manifests through the quality gate."""
     settings = _settings(config)
     from visionloop.flows.ingest import ingest as ingest_flow
-    from visionloop.ingest.landing import LandingSource, resolve_layout
+    from visionloop.ingest.landing import LandingSource, landing_sources
     from visionloop.parameters import IngestParameters
 
     with reported_errors():
         params = IngestParameters(
-            sources=[LandingSource(path=str(path), layout=layout) for path in sources],
+            sources=landing_sources(
+                [LandingSource(path=str(path), layout=layout) for path in sources or []],
+                settings.landing.sources,
+            ),
             accept_failing_batch=accept_failing_batch,
             config=str(config) if config else None,
         )
-        for source in params.sources:  # a wrong path fails here, before any engine starts
-            resolve_layout(source)
     print_summary(settings, {"ingest": _run(lambda: ingest_flow(params))})
 
 
@@ -287,19 +314,29 @@ def rollback(config: ConfigOption = None) -> None:
 
 def print_summary(settings: Settings, result: dict) -> None:
     """Where the outputs of a run are, and what it counted."""
-    ingest_result = result["ingest"]
-    batch, gate = ingest_result["batch"], ingest_result["gate"]
-    reasons = ", ".join(f"{k}={v}" for k, v in batch["quarantined_by_reason"].items()) or "none"
+    report, gate = result["ingest"].report, result["ingest"].gate
+    reasons = ", ".join(f"{k}={v}" for k, v in report.quarantined_by_reason.items()) or "none"
     lines = [
-        f"batch {batch['batch_id']}: {batch['files_in']} files in, {batch['written']} written, "
-        f"{batch['duplicates']} duplicates, {batch['quarantined']} quarantined ({reasons})",
-        f"quality gate: {'passed' if gate['passed'] else 'failed'}"
-        + (" (operator override)" if gate["overridden"] else ""),
+        f"landing: {report.listed} files listed, {report.skipped} already placed, "
+        f"{report.read} read",
+    ]
+    if report.arrived:
+        lines += [
+            f"batch {report.batch_id}: {report.written} written, {report.duplicates} "
+            f"duplicates, {report.quarantined} quarantined ({reasons})"
+            + (f", {report.archived} archived" if report.archived else ""),
+            f"quality gate: {'passed' if gate['passed'] else 'failed'}"
+            + (" (operator override)" if gate["overridden"] else ""),
+            f"Data Docs:          {gate['data_docs']}",
+            f"run settings:       {settings.runs_dir / report.batch_id / 'settings.yaml'}",
+        ]
+    else:
+        lines.append("nothing new arrived: no batch tonight")
+    lines += [
         f"images (Parquet):   {settings.images_dir}",
         f"TFRecord shards:    {settings.tfrecord_dir}",
         f"quarantine:         {settings.quarantine_dir}",
-        f"Data Docs:          {gate['data_docs']}",
-        f"run settings:       {settings.runs_dir / batch['batch_id'] / 'settings.yaml'}",
+        f"arrival ledger:     {settings.lake_dir / 'arrivals'}",
     ]
     lines += _training_lines(settings, result.get("train"))
     lines += _loop_lines(settings, result)
@@ -310,16 +347,19 @@ def _loop_lines(settings: Settings, result: dict) -> list[str]:
     """Where the nightly's later stages left their outputs, and what they decided."""
     lines = []
     if embed := result.get("embed"):
-        leakage = embed["leakage"]
         lines += [
             f"embeddings:         {settings.lake_dir / 'embeddings'} "
             f"({embed['embeddings']['embedder_version']})",
             f"similar images:     {settings.index_dir} (visionloop similar FILE_OR_ID)",
-            f"leakage:            {leakage['leaked_images']} of {leakage['images']} new images "
-            f"leak across splits; pairs in {leakage['report']}",
-            f"Feast repository:   feature_repo/ (registry and online store in "
-            f"{settings.feast_dir})",
         ]
+        if leakage := embed["leakage"]:
+            lines.append(
+                f"leakage:            {leakage['leaked_images']} of {leakage['images']} new "
+                f"images leak across splits; pairs in {leakage['report']}"
+            )
+        lines.append(
+            f"Feast repository:   feature_repo/ (registry and online store in {settings.feast_dir})"
+        )
     if drift := result.get("drift"):
         where = f"; report {drift['report']}" if drift.get("report") else ""
         lines.append(f"drift:              {drift['note']}{where}")

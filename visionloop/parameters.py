@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from visionloop.ingest.landing import LandingSource
-from visionloop.settings import REPO_ROOT
+from visionloop.settings import REPO_ROOT, LandingSource
 
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 
 
 def sample_sources() -> list[LandingSource]:
     """The real Fashion-MNIST sample shipped with the project."""
+    return [source for night in sample_nights() for source in night]
+
+
+def sample_nights() -> list[list[LandingSource]]:
+    """The sample as it arrives for ``make run``: the labelled images, then the unlabelled pool."""
     return [
-        LandingSource(path=str(SAMPLE_DIR / "labelled"), layout="imagefolder"),
-        LandingSource(path=str(SAMPLE_DIR / "unlabelled"), layout="unlabelled"),
+        [LandingSource(path=str(SAMPLE_DIR / "labelled"), layout="imagefolder")],
+        [LandingSource(path=str(SAMPLE_DIR / "unlabelled"), layout="unlabelled")],
     ]
 
 
@@ -22,8 +26,9 @@ class IngestParameters(BaseModel):
     """What to ingest, and whether an operator accepts a batch that fails the gate."""
 
     sources: list[LandingSource] = Field(
-        default_factory=sample_sources,
-        description="landing folders or manifests; layout auto|imagefolder|manifest|unlabelled",
+        default_factory=list,
+        description="landing folders or manifests (layout auto|imagefolder|manifest|unlabelled); "
+        "empty: the landing zone in the settings (landing.sources)",
     )
     accept_failing_batch: bool = Field(
         False, description="operator override: commit and continue despite critical failures"

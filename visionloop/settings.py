@@ -24,6 +24,46 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ENV_VAR = "VISIONLOOP_CONFIG"
 
 
+Layout = Literal["auto", "imagefolder", "manifest", "unlabelled"]
+
+
+class LandingSource(BaseModel):
+    """One place images arrive, and how its files are laid out.
+
+    ``auto`` picks a manifest file (``.csv``/``.parquet``), class folders or a flat folder;
+    a folder of dated sub-folders (``2026-12-02/…``) is read as one such source per date.
+    """
+
+    path: str
+    layout: Layout = "auto"
+
+
+class LandingSettings(BaseModel):
+    """Where a team's new images arrive: the scheduled nightly drains these sources.
+
+    Every ingest of a source reads only files the lake's arrival ledger has not placed
+    (same path, size and mtime); a file replaced in place is read again.
+    """
+
+    sources: list[LandingSource] = Field(
+        default_factory=list,
+        description="landing folders or manifests; a plain path string means layout auto",
+    )
+    after_ingest: Literal["keep", "archive"] = Field(
+        "keep", description="archive: move placed files under archive_dir (never deleted)"
+    )
+    archive_dir: Path | None = Field(None, description="default: <data_home>/landing-archive")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _paths_as_sources(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"path": item} if isinstance(item, str) else item for item in value]
+        return value
+
+
 class SplitFractions(BaseModel):
     """Fractions of images assigned to each split; a pure function of ``image_id``."""
 
@@ -169,6 +209,12 @@ class LabellingSettings(BaseModel):
         0.9, gt=0, le=1, description="an annotation against a prediction this sure is reviewed"
     )
     overlay: bool = Field(True, description="send a Grad-CAM overlay of the predicted class")
+    max_open_tasks: int = Field(
+        1000,
+        ge=0,
+        description="open tasks at most (queued in the outbox or not yet annotated in Label "
+        "Studio); the hand-off holds the rest of its budget back",
+    )
     seed: int = 0
 
 
@@ -205,6 +251,7 @@ class Settings(BaseSettings):
     classes: list[str] | None = Field(
         None, description="allowed label set; None accepts the labels the lake already has"
     )
+    landing: LandingSettings = LandingSettings()
     timezone: str = "UTC"
     nightly_cron: str = "0 2 * * *"
     mlflow_tracking_uri: str | None = Field(
@@ -260,6 +307,11 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.lake_dir / "_staging"
+
+    @property
+    def archive_dir(self) -> Path:
+        """Where ``landing.after_ingest: archive`` moves placed files."""
+        return self.landing.archive_dir or self.data_home / "landing-archive"
 
     @property
     def reports_dir(self) -> Path:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import errno
 import io
-import json
 import os
 import shutil
 import signal
@@ -20,7 +20,7 @@ from PIL import Image
 from tfrecord.reader import tfrecord_loader
 from tfrecord.writer import TFRecordWriter
 
-from tests.corpus import MAX_FILE_BYTES, build_bad_corpus, write_escaping_manifest
+from tests.corpus import MAX_FILE_BYTES, build_bad_corpus, leases_held, write_escaping_manifest
 from tests.waiting import wait_for
 from visionloop.ingest.landing import LandingSource
 from visionloop.lake import commit as lake
@@ -93,12 +93,12 @@ def _read_verified_frames(path: Path) -> int:
 
 def test_sample_batch_lands_in_parquet_and_tfrecord(spark, settings, sample_landing) -> None:
     report = run_batch(spark, settings, _sources(sample_landing))
-    assert report["files_in"] == 280
-    assert report["written"] + report["duplicates"] + report["quarantined"] == 280
-    assert report["quarantined"] == 0
+    assert report.listed == report.read == 280 and report.skipped == 0
+    assert report.written + report.duplicates + report.quarantined == 280
+    assert report.quarantined == 0
 
     table = _images(settings)
-    assert table.num_rows == report["written"]
+    assert table.num_rows == report.written
     assert set(IMAGES_SCHEMA.names) | {"batch_id"} == set(table.column_names)
     assert len(set(table.column("image_id").to_pylist())) == table.num_rows
     assert table.column("label").null_count == 40
@@ -119,26 +119,51 @@ def test_sample_batch_lands_in_parquet_and_tfrecord(spark, settings, sample_land
     assert Image.open(io.BytesIO(bytes(example["image/encoded"]))).size == (32, 32)
 
 
-def test_repeated_batch_adds_nothing(spark, settings, sample_landing) -> None:
+def test_a_second_ingest_reads_only_new_and_replaced_files(
+    spark, settings, sample_landing, tmp_path: Path
+) -> None:
+    """The arrival ledger: placed files are skipped unopened; a file replaced in place (new
+    size or mtime) and a new file are read; the same content at a new path is a duplicate."""
     first = run_batch(spark, settings, _sources(sample_landing))
-    second = run_batch(spark, settings, _sources(sample_landing))
-    assert second["written"] == 0
-    assert second["duplicates"] == first["files_in"]
-    assert _images(settings).num_rows == first["written"]
+    again = run_batch(spark, settings, _sources(sample_landing))
+    assert (again.listed, again.skipped, again.read) == (280, 280, 0)
+    assert len(lake.committed_batches(settings)) == 1  # a night with nothing new commits nothing
+
+    unlabelled = sorted((sample_landing / "unlabelled").glob("*.png"))
+    replaced, touched = unlabelled[0], unlabelled[1]
+    replaced.write_bytes(sorted((sample_landing / "labelled" / "bag").iterdir())[0].read_bytes())
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    shutil.copy(unlabelled[2], sample_landing / "unlabelled" / "copy-at-a-new-path.png")
+    (sample_landing / "unlabelled" / "broken.png").write_bytes(b"not an image")
+    later = run_batch(spark, settings, _sources(sample_landing))
+    assert (later.listed, later.skipped, later.read) == (282, 278, 4)
+    # the replacement holds a labelled image's bytes: content the lake has, so a duplicate
+    assert (later.written, later.duplicates, later.quarantined) == (0, 3, 1)
+    assert later.quarantined_by_reason == {"not_an_image": 1}
+    assert _images(settings).num_rows == first.written
+
+    ledger = ds.dataset(settings.lake_dir / "arrivals", format="parquet").to_table().to_pylist()
+    assert len(ledger) == 284  # every file read, once per read, with its outcome
+    assert {row["outcome"] for row in ledger} == {"new", "duplicate", "quarantine"}
+    broken = [row for row in ledger if row["source_uri"].endswith("broken.png")]
+    assert broken[0]["reason"] == "not_an_image" and broken[0]["size"] == len(b"not an image")
+    assert run_batch(spark, settings, _sources(sample_landing)).read == 0
 
 
 def test_bad_corpus_is_quarantined_with_reasons(spark, settings, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     entries = build_bad_corpus(corpus)
-    report = run_batch(spark, settings, [LandingSource(path=str(corpus), layout="imagefolder")])
-    assert report["files_in"] == report["written"] + report["duplicates"] + report["quarantined"]
+    with leases_held(corpus) as leased:  # cannot be opened while the batch runs, even by root
+        report = run_batch(spark, settings, [LandingSource(path=str(corpus), layout="imagefolder")])
+    assert report.read == report.written + report.duplicates + report.quarantined
 
     quarantine = ds.dataset(settings.quarantine_dir, format="parquet", partitioning="hive")
     assert set(QUARANTINE_SCHEMA.names) | {"batch_id"} == set(quarantine.schema.names)
-    reasons = {
-        Path(row["uri"]).relative_to(corpus).as_posix(): row["reason"]
+    rows = {
+        Path(row["uri"]).relative_to(corpus).as_posix(): row
         for row in quarantine.to_table().to_pylist()
     }
+    reasons = {relpath: row["reason"] for relpath, row in rows.items()}
     lake_uris = {
         Path(uri).relative_to(corpus).as_posix()
         for uri in _images(settings).column("source_uri").to_pylist()
@@ -150,6 +175,9 @@ def test_bad_corpus_is_quarantined_with_reasons(spark, settings, tmp_path: Path)
             assert entry.relpath not in lake_uris and entry.relpath not in reasons, entry
         else:
             assert reasons.get(entry.relpath) == entry.expected, entry
+    for path in leased:  # the worker's open failed, and the quarantine row says how
+        detail = rows[path.relative_to(corpus).as_posix()]["detail"]
+        assert detail == f"cannot read {path}: {os.strerror(errno.EAGAIN)}"
 
 
 def test_manifest_entries_outside_the_root_are_quarantined(spark, settings, tmp_path) -> None:
@@ -157,10 +185,10 @@ def test_manifest_entries_outside_the_root_are_quarantined(spark, settings, tmp_
     build_bad_corpus(corpus)
     manifest = write_escaping_manifest(corpus)
     report = run_batch(spark, settings, [LandingSource(path=str(manifest), layout="manifest")])
-    reasons = report["quarantined_by_reason"]
+    reasons = report.quarantined_by_reason
     assert reasons.get("outside_landing_root", 0) >= 2
     assert reasons.get("missing_file", 0) >= 1
-    assert report["files_in"] == report["written"] + report["duplicates"] + report["quarantined"]
+    assert report.read == report.written + report.duplicates + report.quarantined
 
 
 def test_a_batch_interrupted_after_its_ready_marker_is_rolled_forward(
@@ -168,17 +196,17 @@ def test_a_batch_interrupted_after_its_ready_marker_is_rolled_forward(
 ) -> None:
     """Real Spark output staged, the marker written, one table moved, then a crash."""
     report = stage_batch(spark, settings, _sources(sample_landing))
-    batch_id = report["batch_id"]
+    batch_id = report.batch_id
     staging = lake.BatchStaging(settings.staging_dir / batch_id)
-    (staging.root / lake.READY_MARKER).write_text(json.dumps(report))
+    (staging.root / lake.READY_MARKER).write_text(report.model_dump_json())
     moved = lake.partition_dir(settings, "images", batch_id)
     moved.parent.mkdir(parents=True)
     staging.table("images").rename(moved)
     assert not label_map.read(settings.lake_dir)  # the crash came before the map was written
 
     assert lake.recover(settings) == [batch_id]
-    assert _images(settings).num_rows == report["written"] == 280
-    tables = {"duplicates", "images", "quarantine", "tfrecord"}
+    assert _images(settings).num_rows == report.written == 280
+    tables = {"duplicates", "images", "quarantine", "tfrecord", "arrivals"}
     assert all(lake.partition_dir(settings, name, batch_id).is_dir() for name in tables)
     assert label_map.read(settings.lake_dir) == tuple(sorted(SAMPLE_CLASSES))
     assert [r["batch_id"] for r in lake.committed_batches(settings)] == [batch_id]

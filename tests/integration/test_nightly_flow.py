@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.integration.test_train_flow import TINY_TRAINING
 from tests.waiting import wait_for
 from visionloop.flows.nightly import nightly
 from visionloop.ingest.landing import LandingSource
+from visionloop.lake.commit import committed_batches
 from visionloop.lake.snapshot import LakeSnapshot, take
 from visionloop.parameters import SAMPLE_DIR, NightlyParameters
 from visionloop.quality.gate import QualityGateError
@@ -54,20 +56,24 @@ def test_nightly_ingests_trains_promotes_then_skips(tmp_path: Path) -> None:
     params = NightlyParameters(sources=[source], config=str(config))
 
     first = nightly(params)
-    assert first["ingest"]["batch"]["written"] == 120
-    assert first["ingest"]["gate"]["passed"]
+    assert first["ingest"].report.written == 120
+    assert first["ingest"].gate["passed"]
     assert first["train"]["promotion"]["promoted"]
     tracking = Tracking.connect(settings)
     version = tracking.alias_version("champion")
     assert version == first["train"]["challenger"]["version"]
     tags = tracking.version_tags(version)
     assert tags["lineage.expectations.passed"] == "true"
-    assert first["ingest"]["batch"]["batch_id"] in tags["lineage.batch_ids"]
+    assert first["ingest"].report.batch_id in tags["lineage.batch_ids"]
 
-    second = nightly(params)
-    assert second["ingest"]["batch"]["duplicates"] == 120
-    assert not second["train"]["trained"]
+    second = nightly(params)  # nothing new arrived: no file is read twice
+    report = second["ingest"].report
+    assert (report.listed, report.skipped, report.read) == (120, 120, 0)
+    assert second["ingest"].batch_ids == [] and second["embed"]["leakage"] is None
+    assert second["drift"]["note"] == "no new images tonight"
+    assert not second["train"]["trained"], second["train"].get("plan")
     assert "since champion v1" in second["train"]["skip_reason"]
+    assert len(committed_batches(settings)) == 1
 
 
 def test_a_failing_gate_holds_the_batch_and_nothing_trains_until_overridden(
@@ -92,7 +98,7 @@ def test_a_failing_gate_holds_the_batch_and_nothing_trains_until_overridden(
     accepted = nightly(
         NightlyParameters(sources=[source], config=str(config), accept_failing_batch=True)
     )
-    assert accepted["ingest"]["gate"]["overridden"] and accepted["train"]["trained"]
+    assert accepted["ingest"].gate["overridden"] and accepted["train"]["trained"]
     version = accepted["train"]["challenger"]["version"]
     tags = tracking.version_tags(version)
     assert tags["lineage.expectations.overridden"] == "true"
@@ -106,7 +112,11 @@ def test_a_failing_gate_holds_the_batch_and_nothing_trains_until_overridden(
 def test_a_batch_committed_during_training_changes_nothing_the_model_saw(
     spark, tmp_path: Path
 ) -> None:
-    """``visionloop train`` runs in its own process; a real ingest commits while it trains."""
+    """``visionloop train`` runs in its own process; a real ingest commits while it trains.
+
+    The trainer is paused (SIGSTOP) once it has pinned its snapshot and resumed after the
+    ingest committed, so the commit lands mid-training however fast either side is.
+    """
     settings = _settings(
         tmp_path, training={**TINY_TRAINING, "epochs": 6}, parquet_row_group_rows=32
     )
@@ -116,16 +126,21 @@ def test_a_batch_committed_during_training_changes_nothing_the_model_saw(
     env = os.environ | {"PREFECT_HOME": str(tmp_path / "prefect")}
     command = [str(BIN / "visionloop"), "train", "--config", str(config)]
     with (tmp_path / "train.log").open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         pinned = lambda: list(settings.runs_dir.glob("train-*/snapshot.json"))  # noqa: E731
         wait_for(pinned, 300, "training never started", process)
-        later = _landing(tmp_path, per_class=30, start=60, name="later")
-        report = run_batch(spark, settings, [LandingSource(path=str(later), layout="imagefolder")])
-        committed_at = (settings.lake_dir / "_batches" / f"{report['batch_id']}.json").stat()
+        os.killpg(process.pid, signal.SIGSTOP)  # the trainer and its torchrun ranks
+        try:
+            later = _landing(tmp_path, per_class=30, start=60, name="later")
+            sources = [LandingSource(path=str(later), layout="imagefolder")]
+            report = run_batch(spark, settings, sources)
+        finally:
+            os.killpg(process.pid, signal.SIGCONT)
         assert process.wait(timeout=900) == 0, (tmp_path / "train.log").read_text()[-3000:]
 
     run_dir = pinned()[0].parent
-    assert committed_at.st_mtime < (run_dir / "model.pt").stat().st_mtime, "committed too late"
     used = LakeSnapshot.load(run_dir / "snapshot.json")
     after = take(settings.lake_dir)
     assert used.id == before.id != after.id
@@ -137,7 +152,7 @@ def test_a_batch_committed_during_training_changes_nothing_the_model_saw(
     tags = tracking.client.get_run(model_version.run_id).data.tags
     assert tags["lineage.snapshot_id"] == used.id
     assert tags["lineage.train_hash"] == used.train_hash != after.train_hash
-    assert report["batch_id"] not in tags["lineage.batch_ids"]
+    assert report.batch_id not in tags["lineage.batch_ids"]
     test_report = tracking.client.download_artifacts(
         model_version.run_id, "eval/test_report.json", str(tmp_path)
     )

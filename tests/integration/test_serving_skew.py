@@ -78,7 +78,7 @@ def test_raw_file_bytes_and_stored_lake_bytes_give_the_same_probabilities(
     rows = ds.dataset(settings.images_dir, format="parquet", partitioning="hive").to_table(
         columns=["source_uri", "image", "mode", "source_format"]
     )
-    assert rows.num_rows == report["written"] >= 15 + rotated
+    assert rows.num_rows == report.written >= 15 + rotated
     kinds = set(zip(rows["mode"].to_pylist(), rows["source_format"].to_pylist(), strict=True))
     assert {("I;16", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("CMYK", "JPEG")} <= kinds
 

@@ -27,8 +27,8 @@ from visionloop.lake.snapshot import list_table
 from visionloop.settings import Settings
 
 #: Tables a staged batch may hold: an ingest batch its images, seed label events,
-#: quarantine, duplicates and TFRecords; an embedding or scoring run its own table; a label
-#: sync its label events and reviews.
+#: quarantine, duplicates, TFRecords and arrival-ledger rows; an embedding or scoring run
+#: its own table; a label sync its label events and reviews.
 TABLES = (
     "images",
     "label_events",
@@ -38,6 +38,7 @@ TABLES = (
     "tfrecord",
     "embeddings",
     "predictions",
+    "arrivals",
 )
 READY_MARKER = "_READY"
 
@@ -180,11 +181,15 @@ def committed_batches(settings: Settings) -> list[dict[str, Any]]:
 
 def recent_ingests(settings: Settings, days: int = 0) -> list[str]:
     """Ingest batches committed in the last ``days`` days; with 0, the latest one."""
-    ingests = [report for report in committed_batches(settings) if "files_in" in report]
+    ingests = [report for report in committed_batches(settings) if _is_ingest(report)]
     if not days:
         return [ingests[-1]["batch_id"]] if ingests else []
     since = datetime.now(UTC) - timedelta(days=days)
     return [r["batch_id"] for r in ingests if datetime.fromisoformat(r["ingested_at"]) >= since]
+
+
+def _is_ingest(report: dict[str, Any]) -> bool:
+    return "read" in report or "files_in" in report  # files_in: reports before the ledger
 
 
 def has_rows(settings: Settings, name: str = "images") -> bool:

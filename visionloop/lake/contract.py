@@ -109,6 +109,21 @@ def embeddings_schema(dimensions: int, fingerprint: int) -> pa.Schema:
     )
 
 
+#: The arrival ledger: one row per landing file an ingest placed (written, duplicate or
+#: quarantined), with the size and mtime it had. A later ingest skips a file whose path,
+#: size, mtime and label are in the ledger without opening it.
+ARRIVAL_COLUMNS: dict[str, pa.DataType] = {
+    "source_uri": pa.string(),
+    "size": pa.int64(),  # -1: the file could not be stat'ed
+    "mtime_ns": pa.int64(),
+    "label": pa.string(),  # the label it came with
+    "outcome": pa.string(),  # new | duplicate | quarantine
+    "image_id": pa.string(),
+    "reason": pa.string(),  # quarantine reason
+    "placed_at": TIMESTAMP,
+}
+ARRIVALS_SCHEMA = pa.schema(list(ARRIVAL_COLUMNS.items()))
+
 DUPLICATES_SCHEMA = pa.schema(
     [("uri", pa.string()), ("image_id", pa.string()), ("duplicate_of", pa.string())]
 )

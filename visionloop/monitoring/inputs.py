@@ -1,7 +1,8 @@
 """The rows a drift check compares, read from the lake: reference and current images.
 
 The reference is a seeded sample of the champion's training images (the train split of the
-batches its lineage names); the current set is the images of the batches under test. Each
+exact files of its training snapshot); the current set is the images of the batches under
+test. Each
 row carries its vector (one embedder version), the champion's predicted label, the image's
 statistics and its original size.
 """
@@ -33,7 +34,13 @@ def batch_rows(
     snapshot: LakeSnapshot, batch_ids: Collection[str], split: str | None
 ) -> pd.DataFrame:
     """Images-table rows of some batches (optionally one split), image bytes included."""
-    paths = [item.path for item in snapshot.files if item.batch_id in set(batch_ids)]
+    return file_rows(
+        [item.path for item in snapshot.files if item.batch_id in set(batch_ids)], split
+    )
+
+
+def file_rows(paths: Collection[str], split: str | None) -> pd.DataFrame:
+    """Images-table rows of some files (optionally one split), image bytes included."""
     parts = []
     for part in row_groups(paths, COLUMNS):
         table = part.table
@@ -67,13 +74,14 @@ def drift_sets(
     snapshot: LakeSnapshot,
     embedder_version: str,
     champion_version: str,
-    reference_batches: Collection[str],
+    reference: LakeSnapshot,
     current_batches: Collection[str],
     reference_size: int,
     seed: int,
 ) -> DriftSets:
-    """Reference (champion's training images, sampled) and current (the batches) frames."""
-    reference = _sample(batch_rows(snapshot, reference_batches, "train"), reference_size, seed)
+    """Reference (the champion's training images, sampled from its training snapshot) and
+    current (the batches) frames."""
+    reference = _sample(file_rows(reference.paths, "train"), reference_size, seed)
     current = _sample(batch_rows(snapshot, current_batches, None), 2 * reference_size, seed)
     reference_frame = _frame(reference, snapshot, embedder_version, champion_version)
     current_frame = _frame(current, snapshot, embedder_version, champion_version)

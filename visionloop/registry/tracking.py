@@ -11,6 +11,7 @@ state. URIs shown in logs, params and artifacts have their credentials redacted.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 PROBE_TIMEOUT_S = 5
 PARAM_VALUE_LIMIT = 6000
 URI_SETTING = "VISIONLOOP_MLFLOW_TRACKING_URI"
+#: The run artifact holding a model's whole training snapshot (every file and its hash).
+TRAINING_SNAPSHOT = "lineage/snapshot.json"
 CHALLENGER, CHAMPION, PREVIOUS_CHAMPION = "challenger", "champion", "previous-champion"
 
 
@@ -189,6 +192,7 @@ class Tracking:
             self.client.log_batch(run_id, params=params[start : start + 100])
         self.client.log_dict(run_id, safe, "settings.json")
         self.client.log_dict(run_id, snapshot.summary(), "lineage/lake_snapshot.json")
+        self.client.log_dict(run_id, snapshot.to_dict(), TRAINING_SNAPSHOT)
         if expectations is not None:
             self.client.log_dict(run_id, expectations, "lineage/expectations.json")
         return run_id
@@ -258,6 +262,19 @@ class Tracking:
             "test_macro_f1": float(tags.get("test.macro_f1", "nan")),
             "annotator_labels": int(tags.get("lineage.annotator_labels", "0")),
         }
+
+    def training_snapshot(self, version: str) -> LakeSnapshot | None:
+        """The exact lake snapshot (files and hashes) a version was trained on, read back
+        whole from its run; None for versions registered before it was logged."""
+        from mlflow.exceptions import MlflowException
+
+        run_id = self.client.get_model_version(self.model_name, version).run_id
+        with tempfile.TemporaryDirectory(prefix="vl-snapshot-") as directory:
+            try:
+                local = self.client.download_artifacts(run_id, TRAINING_SNAPSHOT, directory)
+            except (MlflowException, OSError):
+                return None
+            return LakeSnapshot.load(Path(local))
 
     def download_model(self, version: str, directory: Path) -> Path:
         """The version's served-model folder, fetched once under ``directory/<name>/<version>``.
