@@ -16,7 +16,7 @@ from visionloop.flows.embed import embed_stage
 from visionloop.flows.ingest import ingest_batch
 from visionloop.flows.train import train_and_promote
 from visionloop.labelling.client import LabelStudio
-from visionloop.monitoring.decision import decide
+from visionloop.monitoring.decision import decide_night
 from visionloop.parameters import NightlyParameters, TrainParameters
 from visionloop.settings import load_settings
 from visionloop.tasks.embed import refresh_feature_store
@@ -60,7 +60,7 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
     result["feature_views"] = refresh_feature_store(settings)
     plan = result.get("train", {}).get("plan", {"action": "skip", "reason": "training is off"})
     drift = result["drift"]
-    decision = decide(plan["action"], plan["reason"], drift["drifted"], drift["note"])
+    decision = decide_night(plan["action"], plan["reason"], drift["drifted"], drift["note"])
     result["decision"] = publish_decision(decision)
     drifted = drift["drifted_ids"]
     queued = queue_for_annotation(settings, snapshot, tracking, studio, version, drifted)

@@ -42,9 +42,9 @@ from visionloop.lake.contract import (
     Reason,
     split_for,
 )
-from visionloop.lake.label_events import seed_events
+from visionloop.lake.label_events import latest_labels, seed_events
 from visionloop.lake.label_map import index_of
-from visionloop.lake.snapshot import IMAGES, list_table
+from visionloop.lake.snapshot import IMAGES, LABEL_EVENTS, list_table
 from visionloop.lake.writers import MappedSink, ParquetSink, TFRecordSink, write_through
 from visionloop.preprocessing import ImageOptions, ProcessedImage, image_options, process_file
 from visionloop.settings import Settings, SplitFractions, load_settings
@@ -237,7 +237,7 @@ def preprocess(spark: SparkSession, settings: Settings, staging: lake.BatchStagi
     return spark.read.parquet(str(staging.narrow))
 
 
-def decide(processed: DataFrame, lake_labels: DataFrame | None) -> DataFrame:
+def decide_outcomes(processed: DataFrame, lake_labels: DataFrame | None) -> DataFrame:
     """One outcome per file: new, duplicate (of the batch or the lake) or quarantine."""
     readable = processed.filter(F.col("reason").isNull())
     if lake_labels is not None:
@@ -304,12 +304,25 @@ def _outcome_columns() -> tuple[Column, Column, Column, Column]:
     return outcome, reason, detail, duplicate_of
 
 
-def read_lake_labels(spark: SparkSession, settings: Settings) -> DataFrame | None:
-    """``image_id, in_lake, lake_label`` of every committed image, or None for an empty lake."""
+def read_lake_labels(
+    spark: SparkSession, settings: Settings, processed: DataFrame
+) -> DataFrame | None:
+    """``image_id, in_lake, lake_label`` of the committed images among ``processed``, or None
+    for an empty lake. ``lake_label`` is the image's latest label event (an annotator's label
+    counts), else the label it was ingested with."""
     files = [str(path) for path in list_table(settings.lake_dir, IMAGES)]
     if not files:
         return None
-    return spark.read.parquet(*files).select(
+    ids = [row.image_id for row in processed.select("image_id").dropna().distinct().collect()]
+    events = [str(path) for path in list_table(settings.lake_dir, LABEL_EVENTS)]
+    latest = latest_labels(events, pa.array(ids, pa.string())).select(["image_id", "label"])
+    lake_images = spark.read.parquet(*files).select("image_id", "label")
+    if latest.num_rows:
+        agreed = spark.createDataFrame(latest.to_pandas()).withColumnRenamed("label", "agreed")
+        lake_images = lake_images.join(agreed, "image_id", "left").select(
+            "image_id", F.coalesce("agreed", "label").alias("label")
+        )
+    return lake_images.select(
         "image_id", F.lit(True).alias("in_lake"), F.col("label").alias("lake_label")
     )
 
@@ -439,7 +452,8 @@ def stage_batch(
         lake.discard(settings, batch_id)
         return IngestReport(**report, written=0, duplicates=0, quarantined=0)
     narrow = preprocess(spark, settings, staging)
-    decide(narrow, read_lake_labels(spark, settings)).write.parquet(str(staging.decisions))
+    lake_labels = read_lake_labels(spark, settings, narrow)
+    decide_outcomes(narrow, lake_labels).write.parquet(str(staging.decisions))
     decisions = spark.read.parquet(str(staging.decisions))
     listing = spark.read.parquet(str(staging.listing))
     write_outputs(settings, staging, decisions, listing, batch_id, ingested_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import shutil
@@ -10,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,6 +28,7 @@ from visionloop.ingest.landing import LandingSource
 from visionloop.lake import commit as lake
 from visionloop.lake import label_map
 from visionloop.lake.contract import IMAGES_SCHEMA, QUARANTINE_SCHEMA
+from visionloop.lake.label_events import events_table
 from visionloop.parameters import SAMPLE_DIR
 from visionloop.settings import REPO_ROOT, load_settings
 from visionloop.spark_jobs.preprocess_images import run_batch, stage_batch
@@ -256,3 +259,38 @@ def test_killed_batch_leaves_no_partial_files(settings, sample_landing, tmp_path
     assert not settings.staging_dir.exists() or not any(settings.staging_dir.iterdir())
     assert _images(settings).num_rows == 240
     assert len(lake.committed_batches(settings)) == 1
+
+
+def test_a_file_annotators_already_labelled_comes_back_as_a_duplicate(
+    spark, settings, sample_landing, tmp_path: Path
+) -> None:
+    """The lake's label is the latest agreed label event, so an annotator's label counts."""
+    pool = sorted((sample_landing / "unlabelled").glob("*.png"))[:2]
+    run_batch(spark, settings, [LandingSource(path=str(sample_landing / "unlabelled"))])
+    annotated = hashlib.sha256(pool[0].read_bytes()).hexdigest()
+    now = datetime.now(UTC)
+    events = events_table(
+        [
+            {
+                "event_id": "annotated-in-a-test",
+                "image_id": annotated,
+                "label": "bag",
+                "label_source": "annotator",
+                "annotator": "ann@example.org",
+                "labelled_at": now,
+                "recorded_at": now,
+            }
+        ]
+    )
+    staging = lake.stage(settings, "20261202T000000Z-labels")
+    staging.table("label_events").mkdir()
+    pq.write_table(events, staging.table("label_events") / "part-0.parquet")
+    lake.commit(settings, "20261202T000000Z-labels", {"batch_id": "20261202T000000Z-labels"})
+
+    labelled = tmp_path / "labelled"
+    for label, path in zip(("bag", "coat"), pool, strict=True):
+        (labelled / label).mkdir(parents=True)
+        shutil.copy(path, labelled / label)
+    report = run_batch(spark, settings, [LandingSource(path=str(labelled), layout="imagefolder")])
+    assert report.duplicates == 1  # labelled bag by annotators already: the same label
+    assert report.quarantined_by_reason == {"label_for_existing_image": 1}  # never labelled

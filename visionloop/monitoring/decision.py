@@ -27,7 +27,7 @@ class NightlyDecision:
         return asdict(self)
 
 
-def decide(training_action: str, training_reason: str, drift: bool | None, drift_note: str):
+def decide_night(training_action: str, training_reason: str, drift: bool | None, drift_note: str):
     """``training_action`` is the training plan's (train, reuse or skip); ``drift`` None when
     drift could not be judged (no champion yet, too few new images)."""
     trains = training_action in ("train", "reuse")
