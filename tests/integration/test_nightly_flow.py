@@ -1,8 +1,9 @@
 """The nightly flow in-process: Spark ingest → GX gate → torchrun training → promotion.
 
-Also: a failing gate holds the batch and nothing trains; an operator override is recorded
-on the model; a batch committed while a model trains changes nothing that model is
-evaluated or described on.
+Also: a night with nothing new reads no file twice; drift without new labels flags the
+night and sends the drifted images to annotators first; a failing gate holds the batch and
+nothing trains; an operator override is recorded on the model; a batch committed while a
+model trains changes nothing that model is evaluated or described on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageOps
 
 from tests.integration.test_train_flow import TINY_TRAINING
 from tests.waiting import wait_for
@@ -159,3 +161,44 @@ def test_a_batch_committed_during_training_changes_nothing_the_model_saw(
     assert json.loads(Path(test_report).read_text())["n"] == used.labelled_count("test")
     numbers = json.loads(tracking.version_tags(version)["promotion.numbers"])
     assert numbers["n"] == used.labelled_count("test")  # the first model's promotion, same split
+
+
+def _inverted(tmp_path: Path, count: int) -> Path:
+    """A night of a new domain: sample images with their tones inverted."""
+    folder = tmp_path / "inverted"
+    folder.mkdir()
+    for image in sorted((SAMPLE_DIR / "unlabelled").glob("*.png"))[-count:]:
+        with Image.open(image) as picture:
+            ImageOps.invert(picture.convert("L")).save(folder / image.name)
+    return folder
+
+
+def test_drift_without_new_labels_flags_and_sends_the_drifted_images_first(
+    tmp_path: Path,
+) -> None:
+    """Night 1 trains on 300 labelled images (a 100-image unlabelled pool beside them);
+    night 2 brings 80 inverted images and no labels: drift is judged against the champion's
+    training images, the night flags it instead of retraining, and every image handed to
+    annotators is a drifted one, although the pool still holds undrifted images."""
+    settings = _settings(tmp_path, labelling={"budget": 20})
+    config = settings.save(tmp_path / "config")
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for image in sorted((SAMPLE_DIR / "unlabelled").glob("*.png"))[:100]:
+        shutil.copy(image, pool)
+    first_night = [
+        LandingSource(path=str(_landing(tmp_path, per_class=150)), layout="imagefolder"),
+        LandingSource(path=str(pool), layout="unlabelled"),
+    ]
+    first = nightly(NightlyParameters(sources=first_night, config=str(config)))
+    assert first["train"]["promotion"]["promoted"]
+    assert first["drift"]["drifted"] is None  # no champion to judge against yet
+
+    second_night = [LandingSource(path=str(_inverted(tmp_path, 80)), layout="unlabelled")]
+    second = nightly(NightlyParameters(sources=second_night, config=str(config)))
+    assert second["drift"]["drifted"] is True, second["drift"]["note"]
+    assert Path(second["drift"]["report"]).is_file()
+    assert second["decision"]["action"] == "flag", second["decision"]
+    assert not second["train"]["trained"]
+    queued = second["handoff"]["queued"]
+    assert queued["selected"] == 20 and queued["of which drifted"] == 20, queued
