@@ -3,25 +3,40 @@
 :func:`build_bad_corpus` writes an ImageFolder (``root/shirt/...``, ``root/trouser/...``) of
 about 30 entries (well under 1 MB): ordinary images, every awkward-but-valid kind of image
 (CMYK, 16-bit, alpha, palette, animated, EXIF-rotated, unicode names), files that must be
-quarantined, file-system traps (symlink loops, a dangling link, a FIFO, an unreadable file)
-and cross-file cases (duplicates, one content under two labels).
+quarantined, file-system traps (symlink loops, a dangling link, a FIFO, a file that cannot
+be opened while :func:`leases_held` runs) and cross-file cases (duplicates, one content under
+two labels).
 
 Each :class:`CorpusEntry` says who decides its fate (``scope``):
 
 * ``file``: :func:`visionloop.preprocessing.process_file` alone returns ``expected``;
 * ``listing``: the landing walker decides (``process_file`` would see something else);
 * ``batch``: the Spark job decides across files; each file on its own processes fine.
+
+Root ignores permission bits, so a ``chmod 000`` file is no test of ``unreadable`` when the
+tests run as root (``make test`` does). The corpus's unreadable file is made so by the kernel
+for every user instead: inside :func:`leases_held` another process holds a write lease on it
+and every non-blocking open fails. :func:`call_unprivileged` is for the permission cases:
+it runs a function as a user that permission bits apply to (``nobody`` when this is root).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import pickle
+import shutil
 import struct
+import subprocess
+import sys
+import tempfile
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -34,6 +49,12 @@ OK, DUPLICATE = "ok", "duplicate"
 MAX_FILE_BYTES = 32_000
 LABELS = ("shirt", "trouser")
 EXIF_ORIENTATION = 0x0112
+#: Corpus files that cannot be opened while :func:`leases_held` runs (``unreadable``).
+LEASED = ("trouser/leased.png",)
+#: The uid and gid :func:`call_unprivileged` drops to when running as root.
+NOBODY = 65534
+
+T = TypeVar("T")
 
 #: What the Spark job should make of each row of :func:`write_escaping_manifest`.
 ESCAPING_MANIFEST_EXPECTED: dict[str, str] = {
@@ -295,9 +316,8 @@ def _write_filesystem_traps(root: Path) -> list[CorpusEntry]:
     pipe = root / "shirt/pipe.png"
     if not pipe.exists():
         os.mkfifo(pipe)
-    locked = _put(root, "trouser/locked.png", png_bytes(12, 24, 24))
-    locked.chmod(0)
-    locked_expected = OK if os.geteuid() == 0 else Reason.UNREADABLE.value
+    (leased,) = LEASED
+    _put(root, leased, png_bytes(12, 24, 24))
     return [
         CorpusEntry(
             "shirt/loop.png", "shirt", Reason.SYMLINK_LOOP.value, "symlink to itself (ELOOP)"
@@ -320,10 +340,11 @@ def _write_filesystem_traps(root: Path) -> list[CorpusEntry]:
             "FIFO: opening it for reading would block, it must never be read",
         ),
         CorpusEntry(
-            "trouser/locked.png",
+            leased,
             "trouser",
-            locked_expected,
-            "mode 000: unreadable, except to root (tests usually run as root)",
+            Reason.UNREADABLE.value,
+            "a valid PNG under another process's write lease while leases_held() runs: "
+            "every non-blocking open fails with EAGAIN, for root too; readable otherwise",
         ),
     ]
 
@@ -350,3 +371,119 @@ def write_escaping_manifest(root: Path) -> Path:
         for uri in ESCAPING_MANIFEST_EXPECTED:
             writer.writerow([uri, "trouser" if uri.startswith("trouser/") else "shirt"])
     return manifest
+
+
+# ---------------------------------------------------------------- files that cannot be read
+
+#: Run by :func:`leases_held` in its own process: a write lease on each path, then wait.
+_LEASE_HOLDER = """
+import fcntl, os, signal, sys
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # a lease break signals the holder: stay alive
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    if fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK:
+        sys.exit(f"no write lease on {path}")
+print("held", flush=True)
+sys.stdin.read()  # until the test closes the pipe, or dies
+"""
+
+
+@contextlib.contextmanager
+def leases_held(root: Path, relpaths: Sequence[str] = LEASED) -> Iterator[list[Path]]:
+    """Make the files at ``relpaths`` under ``root`` (by default the corpus's :data:`LEASED`
+    files) unreadable while the block runs; yields their paths.
+
+    A helper process holds a write lease (``fcntl(F_SETLEASE, F_WRLCK)``) on each file. The
+    kernel then refuses every non-blocking open by any other process, root's included, with
+    ``EAGAIN``; :func:`visionloop.preprocessing.read_file_bytes` opens with ``O_NONBLOCK``, so
+    the file stats as an ordinary regular file but cannot be read, in this process and in
+    Spark's workers alike. The first refused open starts a lease break that the helper ignores;
+    the kernel ends it after ``/proc/sys/fs/lease-break-time`` seconds (45 by default), after
+    which opens succeed again: read each leased file once per block, and never with a blocking
+    open (``Path.read_bytes`` would wait out the break instead of failing).
+    """
+    paths = [root / relpath for relpath in relpaths]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LEASE_HOLDER, *map(str, paths)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        if holder.stdout.readline().strip() != "held":
+            holder.stdin.close()
+            _, errors = holder.communicate(timeout=30)
+            raise RuntimeError(f"cannot take a write lease on {paths}: {errors.strip()}")
+        yield paths
+    finally:
+        if not holder.stdin.closed:
+            holder.stdin.close()
+        try:
+            holder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        holder.stdout.close()
+        if holder.stderr is not None:
+            holder.stderr.close()
+
+
+def call_unprivileged(function: Callable[[], T]) -> T:
+    """``function()`` as a user that file permission bits apply to.
+
+    Root bypasses them (``CAP_DAC_OVERRIDE``), so as root the call runs in a forked child
+    that first drops to ``nobody`` for good (supplementary groups, gid, then uid); its result
+    or its exception comes back pickled. Any other user is bound by them already, so the call
+    runs here. Root's ``tmp_path`` is inside a mode 700 folder ``nobody`` cannot enter: put the
+    files in :func:`shared_tmp_dir`.
+    """
+    if os.geteuid() != 0:
+        return function()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reports through the pipe and exits, never returns into pytest
+        os.close(read_end)
+        try:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            outcome: tuple[bool, object] = (True, function())
+        except BaseException as error:
+            outcome = (False, error)
+        try:
+            data = pickle.dumps(outcome)
+        except Exception as error:
+            data = pickle.dumps((False, RuntimeError(f"unpicklable outcome {outcome!r}: {error}")))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(data)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"the unprivileged child died (wait status {status}) with no result")
+    succeeded, value = pickle.loads(data)
+    if not succeeded:
+        raise value
+    return value
+
+
+@contextlib.contextmanager
+def shared_tmp_dir() -> Iterator[Path]:
+    """A new directory every user can enter (mode 711), removed afterwards with all in it,
+    whatever modes the test left on the folders inside."""
+    path = Path(tempfile.mkdtemp(prefix="vl-tests-shared-"))
+    try:
+        path.chmod(0o711)
+        yield path
+    finally:
+        for folder, children, _ in os.walk(path):
+            for name in children:  # before os.walk lists or enters it
+                child = os.path.join(folder, name)
+                if not os.path.islink(child):
+                    os.chmod(child, 0o700)
+        shutil.rmtree(path)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,13 @@ import pytest
 from PIL import Image, ImageFile, ImageOps
 
 from tests import corpus
-from tests.corpus import CorpusEntry, build_bad_corpus
+from tests.corpus import (
+    CorpusEntry,
+    build_bad_corpus,
+    call_unprivileged,
+    leases_held,
+    shared_tmp_dir,
+)
 from visionloop.lake.contract import Reason
 from visionloop.preprocessing import (
     ImageOptions,
@@ -203,15 +209,38 @@ def test_pixel_limit_applies_to_ordinary_images() -> None:
     _ok(corpus.png_bytes(1, 40, 30), ImageOptions(SIZE, "PNG", max_pixels=40 * 30))
 
 
-def test_bombs_are_rejected_before_any_pixel_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_decoding(self: ImageFile.ImageFile) -> None:
-        raise AssertionError("pixels were decoded")
+def _image_memory_allocated(data: bytes, options: ImageOptions = OPTIONS) -> int:
+    """How many images Pillow allocated pixel memory for while processing ``data``.
 
-    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    for data in (corpus.bilevel_png_bytes(8000, 8000), corpus.bilevel_png_bytes(30000, 30000, 2)):
-        started = time.perf_counter()
-        _rejected(data, Reason.DECOMPRESSION_BOMB)
-        assert time.perf_counter() - started < 0.5
+    Pillow's allocator counts every image it creates (``new_count``): decoding, converting
+    and resizing each make one, parsing a header makes none.
+    """
+    before = Image.core.get_stats()["new_count"]
+    process_image_bytes(data, options)
+    return Image.core.get_stats()["new_count"] - before
+
+
+def test_bombs_are_rejected_from_the_header_before_any_pixel_memory() -> None:
+    bomb = corpus.bilevel_png_bytes(8000, 8000)  # 64 Mpx in ~8 kB; 64 MB once decoded
+    detail = _rejected(bomb, Reason.DECOMPRESSION_BOMB).detail
+    assert "8000x8000 = 64000000 pixels exceeds max_image_pixels=50000000" in detail
+    assert "not decoded" in detail
+    assert _image_memory_allocated(bomb) == 0
+
+    huge = corpus.bilevel_png_bytes(30000, 30000, 2)  # over PIL's own limit: refused at open
+    detail = _rejected(huge, Reason.DECOMPRESSION_BOMB).detail
+    assert "PIL refuses it" in detail and "900000000 pixels" in detail
+    assert _image_memory_allocated(huge) == 0
+
+
+def test_the_pixel_limit_alone_decides_whether_pixels_are_decoded() -> None:
+    data = corpus.bilevel_png_bytes(400, 300)
+    at_limit = ImageOptions(SIZE, "PNG", max_pixels=400 * 300)
+    below = ImageOptions(SIZE, "PNG", max_pixels=400 * 300 - 1)
+    _ok(data, at_limit)
+    assert _image_memory_allocated(data, at_limit) > 0  # the count sees decoding
+    _rejected(data, Reason.DECOMPRESSION_BOMB, below)
+    assert _image_memory_allocated(data, below) == 0
 
 
 def test_hostile_bytes_never_raise() -> None:
@@ -261,14 +290,47 @@ def test_missing_file(tmp_path: Path) -> None:
     assert result.image_id is None
 
 
+def test_a_file_that_cannot_be_opened_is_unreadable(tmp_path: Path) -> None:
+    """Another process's write lease makes the open fail (EAGAIN) for every user, root too."""
+    data = corpus.png_bytes(12, 24, 24)
+    path = tmp_path / "leased.png"
+    path.write_bytes(data)
+    with leases_held(tmp_path, ["leased.png"]):
+        assert path.is_file() and path.stat().st_size == len(data)  # lists like any file
+        rejection = process_file(str(path), OPTIONS)
+    assert isinstance(rejection, Rejection) and rejection.reason == Reason.UNREADABLE
+    assert rejection.detail == f"cannot read {path}: {os.strerror(errno.EAGAIN)}"
+    assert rejection.image_id is None
+    assert isinstance(process_file(str(path), OPTIONS), ProcessedImage)  # lease gone: fine
+
+
+def test_a_file_without_read_permission_is_unreadable() -> None:
+    """Read by a user permission bits apply to (``nobody`` when the tests run as root)."""
+    with shared_tmp_dir() as shared:
+        locked, readable = shared / "locked.png", shared / "readable.png"
+        for path, mode in ((locked, 0o000), (readable, 0o644)):
+            path.write_bytes(corpus.png_bytes(12, 24, 24))
+            path.chmod(mode)
+        assert isinstance(process_file(str(readable), OPTIONS), ProcessedImage)
+        rejection, control = call_unprivileged(
+            lambda: [process_file(str(path), OPTIONS) for path in (locked, readable)]
+        )
+    assert isinstance(control, ProcessedImage)  # the same user reaches the folder and reads
+    assert isinstance(rejection, Rejection) and rejection.reason == Reason.UNREADABLE
+    assert rejection.detail == (
+        f"permission denied reading {locked}; make it readable by the ingest user"
+    )
+
+
 def test_every_corpus_file_gets_its_expected_outcome(corpus_dir) -> None:
     root, entries = corpus_dir
     outcomes = {}
-    for entry in entries:
-        result = process_file(str(root / entry.relpath), OPTIONS)
-        outcomes[entry.relpath] = (
-            "ok" if isinstance(result, ProcessedImage) else result.reason.value
-        )
+    with leases_held(root):
+        for entry in entries:
+            result = process_file(str(root / entry.relpath), OPTIONS)
+            outcomes[entry.relpath] = (
+                "ok" if isinstance(result, ProcessedImage) else result.reason.value
+            )
     expected = {entry.relpath: _file_level(entry) for entry in entries}
     assert outcomes == expected
 
@@ -287,7 +349,6 @@ def test_corpus_is_small_deterministic_and_complete(corpus_dir, tmp_path: Path) 
     again = build_bad_corpus(tmp_path)
     assert again == entries
     files = [path for path in root.rglob("*") if path.is_file() and not path.is_symlink()]
-    files = [path for path in files if os.access(path, os.R_OK)]  # mode 000 unless root
     assert sum(path.stat().st_size for path in files) < 1_000_000
     for path in files:
         assert path.read_bytes() == (tmp_path / path.relative_to(root)).read_bytes(), path
@@ -295,7 +356,6 @@ def test_corpus_is_small_deterministic_and_complete(corpus_dir, tmp_path: Path) 
     assert {reason.value for reason in Reason} - expected <= {
         Reason.OUTSIDE_ROOT.value,  # manifest only: see write_escaping_manifest
         Reason.LABEL_FOR_EXISTING.value,  # needs a lake
-        Reason.UNREADABLE.value,  # only when not running as root
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.corpus import call_unprivileged, leases_held, shared_tmp_dir
 from visionloop.ingest.landing import (
     LandingError,
     LandingSource,
@@ -60,6 +62,42 @@ def test_links_fifos_and_loops_become_problems(tmp_path: Path) -> None:
         "pipe.png": Reason.NOT_A_FILE,
         "up": Reason.SYMLINK_LOOP,
     }
+
+
+def test_folders_and_files_it_may_not_read_become_unreadable() -> None:
+    """As a user permission bits apply to (``nobody`` when the tests run as root): a folder
+    it may not list, and files it may not stat (their folder may be listed, not searched)."""
+    with shared_tmp_dir() as shared:
+        root = shared / "landing"
+        for path in ("cat/ok.png", "cat/sealed/a.png", "dog/b.png"):
+            _touch(root / path)
+        for folder, mode in (("", 0o755), ("cat", 0o755), ("cat/sealed", 0), ("dog", 0o644)):
+            (root / folder).chmod(mode)
+        (root / "cat" / "ok.png").chmod(0o644)
+        source = LandingSource(path=str(root), layout="imagefolder")
+        entries = call_unprivileged(lambda: list(enumerate_source(source)))
+    denied = os.strerror(errno.EACCES)
+    found = {Path(e.uri).relative_to(root).as_posix(): (e.label, e.problem) for e in entries}
+    assert found == {
+        "cat/ok.png": ("cat", None),
+        "cat/sealed": ("cat", Reason.UNREADABLE),
+        "dog/b.png": ("dog", Reason.UNREADABLE),
+    }
+    details = {Path(e.uri).name: e.detail for e in entries}
+    assert details["sealed"] == f"cannot list directory: {denied}"
+    assert details["b.png"] == denied
+
+
+def test_a_file_it_can_stat_but_not_open_is_listed_for_the_workers(tmp_path: Path) -> None:
+    """Listing only stats: a file no one can open now (another process's write lease) is an
+    ordinary entry; the worker's read finds it unreadable (see test_imaging, test_ingest_spark).
+    """
+    _touch(tmp_path / "cat" / "leased.png", b"12345")
+    with leases_held(tmp_path, ["cat/leased.png"]):
+        entries = list(enumerate_source(LandingSource(path=str(tmp_path))))
+    assert [(Path(e.uri).name, e.label, e.problem) for e in entries] == [
+        ("leased.png", "cat", None)
+    ]
 
 
 def test_imagefolder_links_out_of_the_root_are_quarantined(tmp_path: Path) -> None:
