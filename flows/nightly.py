@@ -1,9 +1,9 @@
 """Nightly flow: every stage of the loop, in order, on one Spark session and one snapshot.
 
-sync yesterday's labels → ingest what arrived → validate (a critical failure stops here) → embed →
-index → leakage → score with the current champion → drift → train/promote (unless nothing
-new) → score with tonight's champion → Feast → the night's decision, in one table →
-hand the most useful images (drifted ones first) to annotators.
+sync yesterday's labels → ingest what arrived → validate (a critical failure stops here) →
+embed → index → leakage → score with the current champion → drift → train/promote (unless
+nothing new) → score with tonight's champion → Feast → lake maintenance → the night's
+decision, in one table → hand the most useful images (drifted ones first) to annotators.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from visionloop.tasks.labelling import (
     send_to_label_studio,
     sync_annotations,
 )
+from visionloop.tasks.maintenance import maintain_lake
 from visionloop.tasks.monitor import check_drift, publish_decision
 from visionloop.tasks.score import score_images
 from visionloop.tasks.spark import start_spark
@@ -58,6 +59,7 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
         result["train"] = train_and_promote(tracking, settings, snapshot, training, expectations)
         result["score"] = score_images(spark, settings, snapshot, tracking)  # a new champion
     result["feature_views"] = refresh_feature_store(settings)
+    result["maintenance"] = maintain_lake(settings, tracking, version)
     plan = result.get("train", {}).get("plan", {"action": "skip", "reason": "training is off"})
     drift = result["drift"]
     decision = decide_night(plan["action"], plan["reason"], drift["drifted"], drift["note"])

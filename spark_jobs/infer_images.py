@@ -13,19 +13,18 @@ default. Called in-process with the nightly's one Spark session.
 from __future__ import annotations
 
 import functools
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
 from pyspark import TaskContext
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from visionloop.lake import commit as lake
-from visionloop.lake.snapshot import LakeSnapshot, list_table
+from visionloop.lake.snapshot import LakeSnapshot
+from visionloop.lake.versions import version_files, versioned_batch_id
 from visionloop.lake.writers import ParquetSink, write_through
 from visionloop.settings import Settings
 
@@ -74,18 +73,31 @@ def infer_partition(
 
 def done_ids(spark: SparkSession, settings: Settings, inference: Inference):
     """Image ids that already have a row of this version (a DataFrame), or None."""
-    files = [str(path) for path in list_table(settings.lake_dir, inference.table)]
+    files = version_files(settings.lake_dir, inference.table, inference.version)
     if not files:
         return None
-    table = spark.read.parquet(*files)
+    table = spark.read.parquet(*[str(path) for path in files])
     return table.filter(F.col(inference.version_column) == inference.version).select("image_id")
+
+
+def todo_images(spark: SparkSession, snapshot: LakeSnapshot, done: DataFrame | None) -> DataFrame:
+    """``image_id, image`` of the snapshot's images without a row; only the files that hold
+    such images are read past their id column, so a night reads the bytes it embeds."""
+    ids = spark.read.parquet(*snapshot.paths).select("image_id", F.input_file_name().alias("file"))
+    if done is not None:
+        ids = ids.join(done, "image_id", "left_anti")
+    files = [row.file for row in ids.select("file").distinct().collect()]
+    if not files:
+        return spark.createDataFrame([], "image_id string, image binary")
+    images = spark.read.parquet(*files).select("image_id", "image")
+    return images.join(ids.select("image_id"), "image_id", "left_semi")
 
 
 def run_inference(
     spark: SparkSession, settings: Settings, snapshot: LakeSnapshot, inference: Inference
 ) -> dict[str, Any]:
     """Commit ``inference``'s rows for the snapshot's images that lack them; the batch report."""
-    batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{inference.table}-{uuid.uuid4().hex[:6]}"
+    batch_id = versioned_batch_id(inference.table, inference.version)
     report: dict[str, Any] = {
         "batch_id": batch_id,
         "table": inference.table,
@@ -97,10 +109,7 @@ def run_inference(
         return report
     with lake.writer(settings, f"{inference.table} {inference.version}"):
         lake.recover(settings)
-        todo = spark.read.parquet(*snapshot.paths).select("image_id", "image")
-        done = done_ids(spark, settings, inference)
-        if done is not None:
-            todo = todo.join(done, "image_id", "left_anti")
+        todo = todo_images(spark, snapshot, done_ids(spark, settings, inference))
         staging = lake.stage(settings, batch_id)
         body = functools.partial(
             infer_partition,

@@ -15,6 +15,7 @@ from visionloop.embeddings import feature_store as features
 from visionloop.embeddings.embedder import current_embedder, embedding_job
 from visionloop.embeddings.index import VectorIndex, index_dir, updated_index
 from visionloop.embeddings.leakage import check_batches, pairs_markdown, pairs_table
+from visionloop.lake.exclusions import exclude
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.quality.gate import enforce, leakage_gate
 from visionloop.registry.tracking import Tracking
@@ -66,6 +67,9 @@ def check_leakage(
     report.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pairs_table(found.pairs, embedder_version), report)
     summary = found.summary.to_dict()
+    copies = found.leaked_copies() if settings.leakage.exclude else []
+    summary["excluded"] = len(copies)
+    exclude(settings, copies, by="leakage check", reason=f"copies across splits in {report}")
     gate = leakage_gate(settings, name, summary)
     create_table_artifact(key="leakage", table=[summary], description=f"Pairs: {report}")
     create_markdown_artifact(

@@ -312,6 +312,43 @@ def rollback(config: ConfigOption = None) -> None:
     )
 
 
+@app.command()
+def exclude(
+    image_ids: Annotated[list[str], typer.Argument(help="image ids (sha256) to keep out")],
+    reason: Annotated[str, typer.Option(help="why, recorded with the exclusion")],
+    by: Annotated[str, typer.Option(help="who excludes them")] = "operator",
+    config: ConfigOption = None,
+) -> None:
+    """Exclude images from training (a leaked copy, an erasure request); nothing is rewritten."""
+    settings = _settings(config)
+    from visionloop.lake.exclusions import exclude as exclude_images
+
+    batch = _run(lambda: exclude_images(settings, image_ids, by=by, reason=reason))
+    typer.echo(f"{len(set(image_ids))} images excluded from training (label events, batch {batch})")
+
+
+@app.command()
+def compact(config: ConfigOption = None) -> None:
+    """Merge the lake's small side-table partitions and retire unused model outputs."""
+    settings = _settings(config)
+    from visionloop.embeddings.embedder import current_embedder
+    from visionloop.lake.compaction import maintain
+    from visionloop.registry.tracking import Tracking
+
+    def run_maintenance() -> list:
+        tracking = Tracking.connect(settings)
+        embedder = current_embedder(settings, tracking).version
+        return maintain(
+            settings, {"embeddings": {embedder}, "predictions": tracking.aliased_versions()}
+        )
+
+    for result in _run(run_maintenance):
+        typer.echo(
+            f"{result.table}: {result.partitions_before} -> {result.partitions_after} "
+            f"partitions, {result.retired} retired, {result.removed} removed"
+        )
+
+
 def print_summary(settings: Settings, result: dict) -> None:
     """Where the outputs of a run are, and what it counted."""
     report, gate = result["ingest"].report, result["ingest"].gate
@@ -355,7 +392,8 @@ def _loop_lines(settings: Settings, result: dict) -> list[str]:
         if leakage := embed["leakage"]:
             lines.append(
                 f"leakage:            {leakage['leaked_images']} of {leakage['images']} new "
-                f"images leak across splits; pairs in {leakage['report']}"
+                f"images leak across splits ({leakage['excluded']} excluded from training); "
+                f"pairs in {leakage['report']}"
             )
         lines.append(
             f"Feast repository:   feature_repo/ (registry and online store in {settings.feast_dir})"

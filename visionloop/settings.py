@@ -64,6 +64,19 @@ class LandingSettings(BaseModel):
         return value
 
 
+class LakeMaintenance(BaseModel):
+    """Compaction of the lake's side tables and retention of superseded model outputs."""
+
+    retention_days: float = Field(
+        30, ge=0, description="predictions/embeddings of versions no longer used are kept this long"
+    )
+    grace_hours: float = Field(
+        24, ge=0, description="replaced files stay on disk this long for readers that listed them"
+    )
+    min_files: int = Field(8, ge=2, description="small partitions of a table merged at once")
+    target_rows: int = Field(200_000, ge=1, description="partitions this large are left alone")
+
+
 class SplitFractions(BaseModel):
     """Fractions of images assigned to each split; a pure function of ``image_id``."""
 
@@ -163,6 +176,9 @@ class LeakageSettings(BaseModel):
     neighbours: int = Field(50, ge=1, description="candidates per image, from each index")
     max_leakage_rate: float = Field(0.01, ge=0, le=1)
     severity: Literal["warning", "critical"] = "warning"
+    exclude: bool = Field(
+        True, description="exclude a batch's copies of images in another split from training"
+    )
 
 
 class DriftSettings(BaseModel):
@@ -252,6 +268,7 @@ class Settings(BaseSettings):
         None, description="allowed label set; None accepts the labels the lake already has"
     )
     landing: LandingSettings = LandingSettings()
+    lake_maintenance: LakeMaintenance = LakeMaintenance()
     timezone: str = "UTC"
     nightly_cron: str = "0 2 * * *"
     mlflow_tracking_uri: str | None = Field(

@@ -12,7 +12,9 @@ def test_new_labels_train_whatever_the_drift() -> None:
 
 
 def test_drift_without_new_labels_flags_and_does_not_retrain() -> None:
-    decision = decide_night("skip", "training split unchanged since champion v2", True, "3 of 3 failed")
+    decision = decide_night(
+        "skip", "training split unchanged since champion v2", True, "3 of 3 failed"
+    )
     assert decision.action == "flag" and not decision.new_labels
     assert "annotators first" in decision.reason and "no retraining" in decision.reason
 

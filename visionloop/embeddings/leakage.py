@@ -159,6 +159,17 @@ class LeakageCheck:
     pairs: list[Pair]
     summary: LeakageSummary
     images: dict[str, bytes]  # stored bytes of the images in the pairs (for thumbnails)
+    queried: tuple[str, ...] = ()  # the checked batches' images
+
+    def leaked_copies(self) -> list[str]:
+        """The checked images that have a copy in another split: what to exclude from
+        training (of a pair within the checked images, the greater id)."""
+        queried, copies = set(self.queried), set()
+        for pair in self.pairs:
+            inside = sorted(image for image in (pair.image_a, pair.image_b) if image in queried)
+            if pair.kind == LEAKAGE and inside:
+                copies.add(inside[-1])
+        return sorted(copies)
 
 
 def check_batches(
@@ -187,7 +198,10 @@ def check_batches(
     )
     shown = {image for pair in pairs[:PAIRS_SHOWN] for image in (pair.image_a, pair.image_b)}
     return LeakageCheck(
-        pairs, summarise(query_ids, pairs), {i: images[i] for i in shown if i in images}
+        pairs,
+        summarise(query_ids, pairs),
+        {i: images[i] for i in shown if i in images},
+        tuple(query_ids),
     )
 
 
@@ -234,11 +248,4 @@ def _batch_ids(snapshot: LakeSnapshot, batch_ids: Collection[str]) -> list[str]:
 
 def _column(snapshot: LakeSnapshot, image_ids: Collection[str], column: str) -> dict[str, object]:
     """``image_id -> column`` for some images of the snapshot."""
-    wanted, found = set(image_ids), {}
-    for part in snapshot.row_groups(["image_id", column]):
-        ids = part.table["image_id"].to_pylist()
-        rows = [i for i, image_id in enumerate(ids) if image_id in wanted]
-        if rows:
-            values = part.table[column].take(rows).to_pylist()
-            found.update(zip((ids[i] for i in rows), values, strict=True))
-    return found
+    return {image_id: row[column] for image_id, row in snapshot.lookup(image_ids, [column]).items()}

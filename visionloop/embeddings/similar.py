@@ -52,13 +52,9 @@ def similar(settings: Settings, source: EmbedderSource, query: str, k: int = 10)
 
 
 def _describe(settings: Settings, neighbours: list) -> list[Match]:
-    ids = {n.image_id for n in neighbours}
-    facts: dict[str, tuple] = {}
-    for part in take(settings.lake_dir).row_groups(["image_id", "split", "label", "source_uri"]):
-        for row in part.table.to_pylist():
-            if row["image_id"] in ids:
-                facts[row["image_id"]] = (row["split"], row["label"], row["source_uri"])
+    columns = ["split", "label", "source_uri"]
+    facts = take(settings.lake_dir).lookup([n.image_id for n in neighbours], columns)
     return [
-        Match(n.image_id, n.similarity, *facts.get(n.image_id, (None, None, None)))
+        Match(n.image_id, n.similarity, *(facts.get(n.image_id, {}).get(c) for c in columns))
         for n in neighbours
     ]

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from visionloop.lake.snapshot import list_table, row_groups
+from visionloop.lake.snapshot import row_groups
+from visionloop.lake.versions import version_files
 
 EMBEDDINGS = "embeddings"
 
@@ -50,7 +51,7 @@ def read_vectors(
     chunks: list[np.ndarray] = []
     seen: set[str] = set(exclude)
     columns = ["image_id", "embedder_version", column]
-    for part in row_groups(list_table(lake_dir, EMBEDDINGS), columns):
+    for part in row_groups(version_files(lake_dir, EMBEDDINGS, version), columns):
         table = part.table.filter(pc.equal(part.table["embedder_version"], version))
         if not len(table):
             continue

@@ -18,8 +18,9 @@ from visionloop.registry.scoring import read_predictions
 
 
 def candidates(snapshot: LakeSnapshot, open_tasks: Collection[str]) -> list[str]:
-    """Unlabelled images outside the test split that have no open task."""
-    ids, splits, labelled = [], [], set()
+    """Unlabelled images outside the test split that have no open task and are not
+    excluded from training."""
+    ids, splits, labelled = [], [], set(snapshot.excluded)
     for part in snapshot.row_groups(["image_id", "label", "split"]):
         table = part.table
         ids += table["image_id"].to_pylist()

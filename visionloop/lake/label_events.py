@@ -1,23 +1,32 @@
 """Label events: the append-only history of what each image is labelled.
 
 Ingest records the label a file came with (``seed``); label sync records annotators' labels
-(``annotator``). An image's label is its latest event (see
+(``annotator``); an exclusion has no label (``excluded``). An image's label is its latest
+event (:func:`latest_labels`, which every reader of labels uses, e.g.
 :meth:`visionloop.lake.snapshot.LakeSnapshot.labels`); images are never rewritten.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from visionloop.lake.contract import LABEL_EVENTS_SCHEMA
 
 SEED, ANNOTATOR = "seed", "annotator"
+#: What :func:`latest_labels` reads of each event, and the order that makes one the latest.
+_LATEST_COLUMNS = ["image_id", "label", "label_source", "recorded_at", "event_id"]
+_ORDER = [("image_id", "ascending"), ("recorded_at", "ascending"), ("event_id", "ascending")]
+LATEST_SCHEMA = pa.schema(
+    [(name, LABEL_EVENTS_SCHEMA.field(name).type) for name in ("image_id", "label", "label_source")]
+)
 
 
 def event_id(*parts: object) -> str:
@@ -48,3 +57,28 @@ def events_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         [{name: row.get(name) for name in LABEL_EVENTS_SCHEMA.names} for row in rows],
         schema=LABEL_EVENTS_SCHEMA,
     )
+
+
+def latest_labels(paths: Sequence[str | Path], image_ids: pa.Array | None = None) -> pa.Table:
+    """Each image's latest label event: ``image_id``, ``label``, ``label_source``, by ``image_id``.
+
+    Latest is the greatest ``(recorded_at, event_id)``. Reads only the five columns it needs,
+    one row group at a time; with ``image_ids``, keeps only the events of those images.
+    """
+    parts = list(_event_groups(paths, image_ids))
+    events = pa.concat_tables(parts).sort_by(_ORDER) if parts else None
+    if events is None or not events.num_rows:
+        return LATEST_SCHEMA.empty_table()
+    ids = events["image_id"].combine_chunks()
+    run_ends = pa.concat_arrays([pc.not_equal(ids[:-1], ids[1:]), pa.array([True])])
+    return events.filter(run_ends).select(LATEST_SCHEMA.names).cast(LATEST_SCHEMA)
+
+
+def _event_groups(paths: Sequence[str | Path], image_ids: pa.Array | None) -> Iterable[pa.Table]:
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        for group in range(parquet.num_row_groups):
+            part = parquet.read_row_group(group, columns=_LATEST_COLUMNS)
+            if image_ids is not None:
+                part = part.filter(pc.is_in(part["image_id"], image_ids))
+            yield part

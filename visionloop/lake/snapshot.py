@@ -24,7 +24,7 @@ import functools
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from visionloop.lake import label_map
+from visionloop.lake import label_events, label_map
 from visionloop.lake.contract import PARTITION_COLUMN, SPLITS
 
 IMAGES, LABEL_EVENTS = "images", "label_events"
@@ -45,9 +45,37 @@ class SnapshotError(RuntimeError):
     """The snapshot cannot be read as frozen (a file is gone or changed); the message says which."""
 
 
+SUPERSEDED = "_superseded.json"
+
+
+def superseded_path(table_dir: Path) -> Path:
+    """Which partitions a compacted one replaced (see :mod:`visionloop.lake.compaction`)."""
+    return table_dir / SUPERSEDED
+
+
+def superseded(table_dir: Path) -> list[dict[str, Any]]:
+    """The entries of ``_superseded.json``: ``new`` (None when retired), ``old``, ``at``."""
+    path = superseded_path(table_dir)
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def in_effect(table_dir: Path, entry: dict[str, Any]) -> bool:
+    """An entry hides its old partitions once its new one is committed (at once if retired)."""
+    return entry["new"] is None or (table_dir / f"{PARTITION_COLUMN}={entry['new']}").exists()
+
+
 def list_table(lake_dir: Path, table: str) -> list[Path]:
-    """The committed Parquet files of a lake table, in a stable order."""
-    return sorted((lake_dir / table).glob(f"{PARTITION_COLUMN}=*/*.parquet"))
+    """The committed Parquet files of a lake table, in a stable order, less the partitions
+    that compaction replaced or retention retired."""
+    table_dir = lake_dir / table
+    files = sorted(table_dir.glob(f"{PARTITION_COLUMN}=*/*.parquet"))
+    hidden = {
+        f"{PARTITION_COLUMN}={old}"
+        for entry in superseded(table_dir)
+        if in_effect(table_dir, entry)
+        for old in entry["old"]
+    }
+    return [path for path in files if path.parent.name not in hidden]
 
 
 @dataclass(frozen=True)
@@ -98,15 +126,9 @@ def row_groups(paths: Sequence[str | Path], columns: Sequence[str]) -> Iterator[
 
 def latest_labels(paths: Sequence[str | Path]) -> dict[str, tuple[str, str]]:
     """``image_id -> (label, label_source)`` of each image's latest label event."""
-    latest: dict[str, tuple[str, str, str, str]] = {}
-    columns = ["image_id", "label", "label_source", "recorded_at", "event_id"]
-    for part in row_groups(paths, columns):
-        rows = zip(*(part.table[name].to_pylist() for name in columns), strict=True)
-        for image_id, label, source, recorded_at, event_id in rows:
-            order = (recorded_at.isoformat(), event_id)
-            if image_id not in latest or order > latest[image_id][2:]:
-                latest[image_id] = (label, source, *order)
-    return {image_id: (value[0], value[1]) for image_id, value in latest.items()}
+    latest = label_events.latest_labels(paths)
+    pairs = zip(latest["label"].to_pylist(), latest["label_source"].to_pylist(), strict=True)
+    return dict(zip(latest["image_id"].to_pylist(), pairs, strict=True))
 
 
 @dataclass(frozen=True)
@@ -196,6 +218,11 @@ class LakeSnapshot:
         """Images whose label came from annotators."""
         return sum(source == "annotator" for _, source in self._events.values())
 
+    @property
+    def excluded(self) -> set[str]:
+        """Images excluded from training (see :mod:`visionloop.lake.exclusions`)."""
+        return {image for image, (_, source) in self._events.items() if source == "excluded"}
+
     # ------------------------------------------------------------------ reading
 
     def row_groups(self, columns: Sequence[str]) -> Iterator[RowGroup]:
@@ -232,6 +259,27 @@ class LakeSnapshot:
                 pending = {name: values[batch_size:] for name, values in pending.items()}
         if pending["image_id"]:
             yield pending
+
+    def lookup(self, image_ids: Collection[str], columns: Sequence[str]) -> dict[str, dict]:
+        """``image_id -> {column: value}`` of some images (``label`` is the effective label).
+
+        Only the id column of each row group is scanned; the asked-for columns (image bytes,
+        say) are read only from the row groups that hold a wanted image.
+        """
+        wanted = pa.array(sorted(set(image_ids)), pa.string())
+        found: dict[str, dict] = {}
+        if not len(wanted):
+            return found
+        names = list(dict.fromkeys(["image_id", *columns]))
+        for part in row_groups(self.paths, ["image_id"]):
+            mask = pc.is_in(part.table["image_id"], value_set=wanted)
+            if not pc.any(mask).as_py():
+                continue
+            table = self._read_group(part, names).filter(mask)
+            if "label" in names:
+                table = table.set_column(names.index("label"), "label", self.labels(table))
+            found.update((row["image_id"], row) for row in table.to_pylist())
+        return found
 
     def _read_group(self, part: RowGroup, columns: Sequence[str]) -> pa.Table:
         return pq.ParquetFile(self.files[part.file].path).read_row_group(

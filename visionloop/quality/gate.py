@@ -309,6 +309,8 @@ def leakage_gate(settings: Settings, run_name: str, summary: dict[str, Any]) -> 
         batch_id=run_name,
         pages=pages,
         stats=summary,
-        hint="Look at the pairs in the leakage report and remove one image of each; to record "
-        "leakage as a warning instead, set VISIONLOOP_LEAKAGE__SEVERITY=warning.",
+        hint="The batch's leaked copies are excluded from training already (label events, "
+        "see the pairs in the leakage report); exclude more with `visionloop exclude IMAGE_ID "
+        "--reason …`, then rerun. To record leakage as a warning instead, set "
+        "VISIONLOOP_LEAKAGE__SEVERITY=warning.",
     )

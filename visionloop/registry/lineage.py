@@ -105,6 +105,7 @@ def lineage_tags(
         "lineage.batch_ids": ",".join(snapshot.batch_rows),
         "lineage.rows": str(snapshot.rows),
         "lineage.train_rows": str(snapshot.train_rows),
+        "lineage.excluded_images": str(len(snapshot.excluded)),
         **fingerprint.tags(),
     }
     for split, counts in snapshot.split_counts.items():

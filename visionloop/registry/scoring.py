@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import torch
 
 from visionloop.lake.contract import PREDICTIONS_SCHEMA
-from visionloop.lake.snapshot import list_table, row_groups
+from visionloop.lake.snapshot import row_groups
+from visionloop.lake.versions import version_files
 from visionloop.training.classifier import ImageClassifier
 
 
@@ -109,7 +110,7 @@ def read_predictions(
     """``image_id -> column`` (the predicted label by default) of one model version."""
     wanted, values = set(image_ids), {}
     columns = ["image_id", "model_version", column]
-    for part in row_groups(list_table(lake_dir, "predictions"), columns):
+    for part in row_groups(version_files(lake_dir, "predictions", model_version), columns):
         table = part.table.filter(pc.equal(part.table["model_version"], model_version))
         for image_id, value in zip(
             table["image_id"].to_pylist(), table[column].to_pylist(), strict=True

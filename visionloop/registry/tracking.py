@@ -231,6 +231,11 @@ class Tracking:
                 return None
             raise
 
+    def aliased_versions(self) -> set[str]:
+        """The versions the champion, previous-champion and challenger aliases point at."""
+        aliases = (CHAMPION, PREVIOUS_CHAMPION, CHALLENGER)
+        return {version for alias in aliases if (version := self.alias_version(alias))}
+
     def version_tags(self, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(self.model_name, version).tags)
 
