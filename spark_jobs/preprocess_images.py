@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from visionloop.ingest import ledger
 from visionloop.ingest.landing import LandingSource, enumerate_source, write_listing
 from visionloop.ingest.report import IngestReport
 from visionloop.lake import commit as lake
+from visionloop.lake.batch_ids import new_batch_id
 from visionloop.lake.contract import (
     ARRIVALS_SCHEMA,
     DUPLICATES_SCHEMA,
@@ -73,12 +73,6 @@ NARROW_DDL = (
     "entry_id long, uri string, label string, reason string, detail string, "
     "image_id string, split string, file string"
 )
-
-
-def new_batch_id(now: datetime | None = None) -> str:
-    """A batch id that sorts by time: ``20261124T020000Z-1a2b3c``."""
-    now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
 # ---------------------------------------------------------------- worker-side functions
