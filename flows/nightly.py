@@ -58,7 +58,8 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
         training = TrainParameters(force=params.force_training, config=params.config)
         result["train"] = train_and_promote(tracking, settings, snapshot, training, expectations)
         result["score"] = score_images(spark, settings, snapshot, tracking)  # a new champion
-    result["feature_views"] = refresh_feature_store(settings)
+    if settings.feature_store.materialise:
+        result["feature_views"] = refresh_feature_store(settings)
     result["maintenance"] = maintain_lake(settings, tracking, version)
     plan = result.get("train", {}).get("plan", {"action": "skip", "reason": "training is off"})
     drift = result["drift"]

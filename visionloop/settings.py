@@ -199,6 +199,9 @@ class FeatureStoreSettings(BaseModel):
     online_write_batch_size: int = Field(
         2000, ge=1, description="rows per online write while materialising (bounds memory)"
     )
+    materialise: bool = Field(
+        True, description="the nightly refreshes Feast (false: no consumer reads it)"
+    )
 
 
 class LabellingSettings(BaseModel):
