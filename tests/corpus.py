@@ -81,6 +81,13 @@ class CorpusEntry:
 # ---------------------------------------------------------------- pixel and byte makers
 
 
+def touch(path: Path, data: bytes = b"x") -> Path:
+    """Write ``data`` to ``path``, making its folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
 def _pixels(seed: int, width: int, height: int, channels: int = 3) -> np.ndarray:
     """Smooth gradients plus seeded noise: compresses like a photo, unique per seed."""
     rng = np.random.default_rng(seed)

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.corpus import touch
 from visionloop.ingest import ledger
 from visionloop.ingest.landing import (
     LandingError,
@@ -21,22 +22,16 @@ from visionloop.ingest.landing import (
 from visionloop.settings import load_settings
 
 
-def _file(path: Path, data: bytes = b"x") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
 def test_dated_folders_are_sources_of_their_own_layout(tmp_path: Path) -> None:
-    _file(tmp_path / "2026-12-01" / "bag" / "a.png")
-    _file(tmp_path / "2026-12-02" / "coat" / "b.png")
+    touch(tmp_path / "2026-12-01" / "bag" / "a.png")
+    touch(tmp_path / "2026-12-02" / "coat" / "b.png")
     entries = list(enumerate_source(LandingSource(path=str(tmp_path))))
     assert sorted((Path(e.uri).name, e.label) for e in entries) == [
         ("a.png", "bag"),
         ("b.png", "coat"),
     ]
     flat = tmp_path / "flat"
-    _file(flat / "c.png", b"abc")
+    touch(flat / "c.png", b"abc")
     (entry,) = enumerate_source(LandingSource(path=str(flat)))
     assert entry.label is None and entry.size == 3 and entry.mtime_ns > 0
 
@@ -48,14 +43,14 @@ def _listed(root: Path, path: Path) -> pa.Table:
 
 def test_the_ledger_skips_placed_files_and_rereads_replaced_ones(tmp_path: Path) -> None:
     root = tmp_path / "landing"
-    kept, replaced = _file(root / "kept.png"), _file(root / "replaced.png")
+    kept, replaced = touch(root / "kept.png"), touch(root / "replaced.png")
     first = _listed(root, tmp_path / "first.parquet")
     placed = first.select(list(ledger.KEY))  # the ledger's keys, as ledger.placed() reads them
 
     assert ledger.unplaced(first, placed).num_rows == 0  # unlabelled (null) labels match too
     replaced.write_bytes(b"new content")
     os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns))  # untouched
-    _file(root / "new.png")
+    touch(root / "new.png")
     later = ledger.unplaced(_listed(root, tmp_path / "later.parquet"), placed)
     assert sorted(Path(uri).name for uri in later["uri"].to_pylist()) == ["new.png", "replaced.png"]
 
@@ -66,10 +61,10 @@ def test_an_empty_lake_has_an_empty_ledger(tmp_path: Path) -> None:
 
 def test_archive_moves_placed_files_keeping_their_class_folders(tmp_path: Path) -> None:
     root = tmp_path / "landing"
-    placed = [_file(root / "bag" / "a.png"), _file(root / "bag" / "b.png")]
-    waiting = _file(root / "bag" / "c.png")
+    placed = [touch(root / "bag" / "a.png"), touch(root / "bag" / "b.png")]
+    waiting = touch(root / "bag" / "c.png")
     archive = tmp_path / "archive"
-    _file(archive / "landing" / "bag" / "a.png", b"an earlier a.png")
+    touch(archive / "landing" / "bag" / "a.png", b"an earlier a.png")
     source = LandingSource(path=str(root), layout="imagefolder")
     assert archive_placed([source], [str(path) for path in placed], archive) == 2
     assert waiting.exists() and not any(path.exists() for path in placed)

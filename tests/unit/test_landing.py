@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.corpus import call_unprivileged, leases_held, shared_tmp_dir
+from tests.corpus import call_unprivileged, leases_held, shared_tmp_dir, touch
 from visionloop.ingest.landing import (
     LandingError,
     LandingSource,
@@ -21,16 +21,10 @@ from visionloop.ingest.landing import (
 from visionloop.lake.contract import Reason
 
 
-def _touch(path: Path, data: bytes = b"x") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
 def test_imagefolder_labels_from_class_folders(tmp_path: Path) -> None:
-    _touch(tmp_path / "cat" / "a.png")
-    _touch(tmp_path / "cat" / "nested" / "b.png")
-    _touch(tmp_path / "dog" / "c.png")
+    touch(tmp_path / "cat" / "a.png")
+    touch(tmp_path / "cat" / "nested" / "b.png")
+    touch(tmp_path / "dog" / "c.png")
     source = LandingSource(path=str(tmp_path))
     assert resolve_layout(source) == "imagefolder"
     labels = {Path(e.uri).name: e.label for e in enumerate_source(source)}
@@ -38,15 +32,15 @@ def test_imagefolder_labels_from_class_folders(tmp_path: Path) -> None:
 
 
 def test_flat_folder_is_unlabelled(tmp_path: Path) -> None:
-    _touch(tmp_path / "a.png")
-    _touch(tmp_path / "sub" / "b.png")
+    touch(tmp_path / "a.png")
+    touch(tmp_path / "sub" / "b.png")
     entries = list(enumerate_source(LandingSource(path=str(tmp_path))))
     assert [e.label for e in entries] == [None, None]
 
 
 def test_links_fifos_and_loops_become_problems(tmp_path: Path) -> None:
     root = tmp_path / "landing"
-    _touch(root / "cat" / "ok.png")
+    touch(root / "cat" / "ok.png")
     os.symlink("loop.png", root / "cat" / "loop.png")
     os.symlink("missing.png", root / "cat" / "dangling.png")
     os.mkfifo(root / "cat" / "pipe.png")
@@ -70,7 +64,7 @@ def test_folders_and_files_it_may_not_read_become_unreadable() -> None:
     with shared_tmp_dir() as shared:
         root = shared / "landing"
         for path in ("cat/ok.png", "cat/sealed/a.png", "dog/b.png"):
-            _touch(root / path)
+            touch(root / path)
         for folder, mode in (("", 0o755), ("cat", 0o755), ("cat/sealed", 0), ("dog", 0o644)):
             (root / folder).chmod(mode)
         (root / "cat" / "ok.png").chmod(0o644)
@@ -92,7 +86,7 @@ def test_a_file_it_can_stat_but_not_open_is_listed_for_the_workers(tmp_path: Pat
     """Listing only stats: a file no one can open now (another process's write lease) is an
     ordinary entry; the worker's read finds it unreadable (see test_imaging, test_ingest_spark).
     """
-    _touch(tmp_path / "cat" / "leased.png", b"12345")
+    touch(tmp_path / "cat" / "leased.png", b"12345")
     with leases_held(tmp_path, ["cat/leased.png"]):
         entries = list(enumerate_source(LandingSource(path=str(tmp_path))))
     assert [(Path(e.uri).name, e.label, e.problem) for e in entries] == [
@@ -103,9 +97,9 @@ def test_a_file_it_can_stat_but_not_open_is_listed_for_the_workers(tmp_path: Pat
 def test_imagefolder_links_out_of_the_root_are_quarantined(tmp_path: Path) -> None:
     root = tmp_path / "landing"
     outside = tmp_path / "elsewhere"
-    _touch(root / "cat" / "ok.png")
-    _touch(outside / "secret.png")
-    _touch(outside / "more" / "x.png")
+    touch(root / "cat" / "ok.png")
+    touch(outside / "secret.png")
+    touch(outside / "more" / "x.png")
     os.symlink(outside / "secret.png", root / "cat" / "secret.png")
     os.symlink(outside / "more", root / "cat" / "more")
     os.symlink("ok.png", root / "cat" / "alias.png")  # inside the root: fine
@@ -122,7 +116,7 @@ def test_imagefolder_links_out_of_the_root_are_quarantined(tmp_path: Path) -> No
 
 
 def test_manifest_rejects_paths_outside_the_root(tmp_path: Path) -> None:
-    _touch(tmp_path / "images" / "a.png")
+    touch(tmp_path / "images" / "a.png")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(
         "uri,label\nimages/a.png,cat\n../../etc/passwd,cat\n/etc/hostname,\nimages/gone.png,\n"
@@ -147,7 +141,7 @@ def test_manifest_without_uri_column_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_listing_numbers_every_entry(tmp_path: Path) -> None:
     for index in range(5):
-        _touch(tmp_path / "in" / f"{index}.png")
+        touch(tmp_path / "in" / f"{index}.png")
     entries = enumerate_source(LandingSource(path=str(tmp_path / "in")))
     count = write_listing(entries, tmp_path / "listing.parquet", chunk_rows=2)
     table = pq.read_table(tmp_path / "listing.parquet")
@@ -156,8 +150,8 @@ def test_listing_numbers_every_entry(tmp_path: Path) -> None:
 
 
 def test_parquet_manifest_with_optional_labels(tmp_path: Path) -> None:
-    _touch(tmp_path / "a.png")
-    _touch(tmp_path / "b.png")
+    touch(tmp_path / "a.png")
+    touch(tmp_path / "b.png")
     manifest = tmp_path / "manifest.parquet"
     pq.write_table(pa.table({"uri": ["a.png", "b.png"], "label": ["cat", None]}), manifest)
     entries = list(enumerate_source(LandingSource(path=str(manifest))))
