@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from visionloop.lake import commit as lake
-from visionloop.lake import label_map
+from visionloop.lake import label_map, snapshot
 from visionloop.lake.contract import split_for
+from visionloop.lake.label_events import events_table, latest_labels
 from visionloop.settings import SplitFractions, load_settings
 
 
@@ -78,3 +80,43 @@ def test_split_is_a_stable_function_of_the_id() -> None:
     assert splits == [split_for(image_id, fractions) for image_id in ids]
     assert abs(splits.count("train") / len(ids) - 0.8) < 0.03
     assert abs(splits.count("test") / len(ids) - 0.1) < 0.02
+
+
+def _event(event: str, image_id: str, label: str | None, source: str, day: int) -> dict:
+    at = datetime(2024, 1, day, tzinfo=UTC)
+    return {
+        "event_id": event,
+        "image_id": image_id,
+        "label": label,
+        "label_source": source,
+        "labelled_at": at,
+        "recorded_at": at,
+    }
+
+
+def test_latest_label_is_the_latest_recorded_event_of_each_image(tmp_path: Path) -> None:
+    newer = [_event("e3", "a", "dog", "annotator", 3), _event("e5", "b", None, "annotator", 2)]
+    older = [
+        _event("e1", "a", "cat", "seed", 1),
+        _event("e9", "b", "cow", "seed", 2),  # same time as e5: the greater event_id wins
+        _event("e4", "c", "ant", "seed", 1),
+    ]
+    for name, rows in (("newer", newer), ("older", older)):
+        pq.write_table(events_table(rows), tmp_path / f"{name}.parquet")
+    paths = [tmp_path / "newer.parquet", tmp_path / "older.parquet"]
+    latest = latest_labels(paths).sort_by("image_id")
+    assert latest.column_names == ["image_id", "label", "label_source"]
+    assert latest.to_pylist() == [
+        {"image_id": "a", "label": "dog", "label_source": "annotator"},
+        {"image_id": "b", "label": "cow", "label_source": "seed"},
+        {"image_id": "c", "label": "ant", "label_source": "seed"},
+    ]
+    assert snapshot.latest_labels(paths) == {  # what a lake snapshot's labels resolve
+        "a": ("dog", "annotator"),
+        "b": ("cow", "seed"),
+        "c": ("ant", "seed"),
+    }
+    only = latest_labels(paths, image_ids=pa.array(["c", "zzz"]))
+    assert only["image_id"].to_pylist() == ["c"]
+    assert latest_labels([]).num_rows == 0
+    assert latest_labels(paths, image_ids=pa.array([], pa.string())).num_rows == 0

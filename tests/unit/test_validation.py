@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -15,8 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from visionloop.lake import commit as lake
 from visionloop.lake.contract import IMAGES_SCHEMA, split_for
-from visionloop.quality.aggregates import batch_columns, batch_frame, table_file_stats
+from visionloop.lake.label_events import ANNOTATOR, event_id, events_table
+from visionloop.quality.aggregates import (
+    STATS_FILE,
+    STATS_TABLE,
+    batch_columns,
+    batch_frame,
+    table_file_stats,
+)
 from visionloop.quality.gate import QualityGateError, enforce, run_gate, split_bounds
 from visionloop.settings import Settings, SplitFractions, load_settings
 
@@ -28,13 +37,17 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
+def _image_id(index: int) -> str:
+    return hashlib.sha256(f"image-{index}".encode()).hexdigest()
+
+
 def _rows(
     ids: range, labels: tuple[str | None, ...] = ("cat", "dog"), **fields: Any
 ) -> list[dict[str, Any]]:
     now = datetime(2024, 1, 1, tzinfo=UTC)
     rows = []
     for index in ids:
-        image_id = hashlib.sha256(f"image-{index}".encode()).hexdigest()
+        image_id = _image_id(index)
         label = labels[index % len(labels)]
         row = {
             "image_id": image_id,
@@ -208,3 +221,88 @@ def test_quarantine_rate_over_threshold_fails(tmp_path: Path) -> None:
         ("images_stats", "expect_column_values_to_be_between", "quarantine_rate")
     }
     assert result.critical_failures[0].observed.startswith("0.6 ")
+
+
+def _unreadable_images(path: Path) -> None:
+    """Overwrite every ``image`` column chunk of a Parquet file with zeros (same size)."""
+    metadata = pq.ParquetFile(path).metadata
+    column = metadata.schema.to_arrow_schema().get_field_index("image")
+    with path.open("r+b") as stream:
+        for group in range(metadata.num_row_groups):
+            chunk = metadata.row_group(group).column(column)
+            start = chunk.dictionary_page_offset if chunk.has_dictionary_page else None
+            stream.seek(start or chunk.data_page_offset)
+            stream.write(bytes(chunk.total_compressed_size))
+
+
+def test_committed_batches_are_read_as_stored_aggregates_never_their_images(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
+    _stage(settings, "b1", _rows(range(8)))
+    enforce(run_gate(settings, "b1", files_in=8, quarantined=0))
+    assert (settings.staging_dir / "b1" / STATS_TABLE / STATS_FILE).is_file()
+    lake.commit(settings, "b1", {"batch_id": "b1"})
+    assert (settings.lake_dir / STATS_TABLE / "batch_id=b1" / STATS_FILE).is_file()
+    committed = settings.images_dir / "batch_id=b1" / "part-0.parquet"
+    _unreadable_images(committed)
+    with pytest.raises(OSError):  # the committed images cannot be read any more ...
+        pq.read_table(committed, columns=["image"])
+
+    _stage(settings, "b2", _rows(range(8, 12)))
+    result = run_gate(settings, "b2", files_in=4, quarantined=0)  # ... and are never read
+    enforce(result)
+    assert not result.warnings and result.stats["table_rows"] == 12
+    frame = table_file_stats(settings, "b2").frame(None)
+    assert frame["empty_images"].tolist() == [0, 0] and frame["rows"].tolist() == [8, 4]
+
+
+def test_a_lake_without_aggregates_gets_them_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(data_home=tmp_path)
+    _commit(settings, "b1", _rows(range(6)))  # committed before aggregates were kept
+    _stage(settings, "b2", _rows(range(6, 9)))
+    with caplog.at_level(logging.INFO, logger="visionloop.quality.aggregates"):
+        first = table_file_stats(settings, "b2").frame(None)
+    assert "aggregating 1 of 1 images files" in caplog.text
+    assert (settings.lake_dir / STATS_TABLE / "batch_id=b1" / STATS_FILE).is_file()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="visionloop.quality.aggregates"):
+        again = table_file_stats(settings, "b2").frame(None)
+    assert "aggregating" not in caplog.text
+    assert again.equals(first) and first["rows"].tolist() == [6, 3]
+
+
+def _annotation(image_id: str, label: str, recorded_at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event_id(ANNOTATOR, image_id, label, recorded_at),
+        "image_id": image_id,
+        "label": label,
+        "label_source": ANNOTATOR,
+        "annotator": "ann",
+        "labelled_at": recorded_at,
+        "recorded_at": recorded_at,
+    }
+
+
+def test_annotator_label_events_lift_a_class_over_min_class_count(tmp_path: Path) -> None:
+    settings = load_settings(data_home=tmp_path)  # min_class_count 10
+    labels = ("cat",) * 11 + ("dog",) * 5 + (None,) * 4
+    _commit(settings, "b1", _rows(range(20), labels=labels))  # cat 11, dog 5, 4 unlabelled
+    _stage(settings, "b2", _rows(range(20, 24), labels=labels))  # 4 more cats
+    early, late = datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 2, tzinfo=UTC)
+    events = [_annotation(_image_id(index), "dog", late) for index in range(16, 20)]
+    events += [
+        _annotation(_image_id(0), "dog", late),  # a cat relabelled ...
+        _annotation(_image_id(0), "bird", early),  # ... after an older, superseded label
+        _annotation(_image_id(999), "cat", late),  # an image the table does not hold
+    ]
+    folder = settings.lake_dir / "label_events" / "batch_id=sync-1"
+    folder.mkdir(parents=True)
+    pq.write_table(events_table(events), folder / "part-0.parquet")
+
+    result = run_gate(settings, "b2", files_in=4, quarantined=0)
+    assert result.stats["class_counts"] == {"cat": 14, "dog": 10}
+    assert result.passed and not result.warnings
+    assert result.stats["min_class_count"] == 10

@@ -31,6 +31,7 @@ from visionloop.settings import Settings
 #: its own table; a label sync its label events and reviews.
 TABLES = (
     "images",
+    "file_stats",  # the gate's per-file aggregates of the images (visionloop.quality)
     "label_events",
     "label_reviews",
     "quarantine",

@@ -60,18 +60,32 @@ def events_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 
 def latest_labels(paths: Sequence[str | Path], image_ids: pa.Array | None = None) -> pa.Table:
-    """Each image's latest label event: ``image_id``, ``label``, ``label_source``, by ``image_id``.
+    """Each image's latest label event: one row of ``image_id``, ``label``, ``label_source``.
 
     Latest is the greatest ``(recorded_at, event_id)``. Reads only the five columns it needs,
     one row group at a time; with ``image_ids``, keeps only the events of those images.
+    Rows are in no particular order.
     """
     parts = list(_event_groups(paths, image_ids))
-    events = pa.concat_tables(parts).sort_by(_ORDER) if parts else None
-    if events is None or not events.num_rows:
+    events = pa.concat_tables(parts) if parts else LATEST_SCHEMA.empty_table()
+    if not events.num_rows:
         return LATEST_SCHEMA.empty_table()
-    ids = events["image_id"].combine_chunks()
-    run_ends = pa.concat_arrays([pc.not_equal(ids[:-1], ids[1:]), pa.array([True])])
-    return events.filter(run_ends).select(LATEST_SCHEMA.names).cast(LATEST_SCHEMA)
+    counts = pc.value_counts(events["image_id"])
+    repeated = pc.is_in(
+        events["image_id"], counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    )
+    several = _last_of_each(events.filter(repeated))  # only images with several events
+    latest = pa.concat_tables([events.filter(pc.invert(repeated)), several])
+    return latest.select(LATEST_SCHEMA.names).cast(LATEST_SCHEMA)
+
+
+def _last_of_each(events: pa.Table) -> pa.Table:
+    """The latest event of each image in ``events``."""
+    if not events.num_rows:
+        return events
+    ordered = events.sort_by(_ORDER)
+    ids = ordered["image_id"].combine_chunks()
+    return ordered.filter(pa.concat_arrays([pc.not_equal(ids[:-1], ids[1:]), pa.array([True])]))
 
 
 def _event_groups(paths: Sequence[str | Path], image_ids: pa.Array | None) -> Iterable[pa.Table]:

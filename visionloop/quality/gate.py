@@ -9,9 +9,11 @@ Three suites, kept as JSON files in ``expectations/suites/`` and reviewed like c
   rarest class count of the table, and the batch's quarantine rate.
 
 No frame holds image bytes, and only the batch's rows are ever a frame: the table is read
-as aggregates (:mod:`visionloop.quality.aggregates`), so memory stays flat as the lake
-grows. Suite files hold structure and each expectation's ``severity``; every number comes
-from settings as a suite parameter (``{"$PARAMETER": name}``).
+as per-file aggregates kept beside each batch (:mod:`visionloop.quality.aggregates`), so
+memory stays flat and no committed image is read again as the lake grows. An image's label
+is its latest label event (annotators' labels count), else the label it came with.
+Suite files hold structure and each expectation's ``severity``; every number comes from
+settings as a suite parameter (``{"$PARAMETER": name}``).
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def _fractions(split_rows: Mapping[str, int], scope: str) -> dict[str, float]:
 
 
 def class_counts(settings: Settings, table: TableStats) -> dict[str, int]:
-    """Labelled images per class in the table (every configured class, present or not)."""
+    """Images per class in the table, by latest label event (every configured class)."""
     classes = settings.classes if settings.classes is not None else list(table.class_counts)
     return {str(name): int(table.class_counts.get(name, 0)) for name in sorted(classes)}
 
