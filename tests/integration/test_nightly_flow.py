@@ -23,7 +23,7 @@ from tests.integration.test_train_flow import TINY_TRAINING
 from tests.waiting import wait_for
 from visionloop.flows.nightly import nightly
 from visionloop.ingest.landing import LandingSource
-from visionloop.lake.commit import committed_batches
+from visionloop.lake.commit import recent_ingests
 from visionloop.lake.snapshot import LakeSnapshot, take
 from visionloop.parameters import SAMPLE_DIR, NightlyParameters
 from visionloop.quality.gate import QualityGateError
@@ -75,7 +75,7 @@ def test_nightly_ingests_trains_promotes_then_skips(tmp_path: Path) -> None:
     assert second["drift"]["note"] == "no new images tonight"
     assert not second["train"]["trained"], second["train"].get("plan")
     assert "since champion v1" in second["train"]["skip_reason"]
-    assert len(committed_batches(settings)) == 1
+    assert recent_ingests(settings, days=1) == [first["ingest"].report.batch_id]
 
 
 def test_a_failing_gate_holds_the_batch_and_nothing_trains_until_overridden(

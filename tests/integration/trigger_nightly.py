@@ -1,4 +1,5 @@
-"""Trigger the deployed nightly flow through the Prefect API with a parameter override.
+"""Trigger the deployed nightly flow through the Prefect API, as its schedule would: no
+sources given, so it drains the landing zone its worker's settings name. Two nights.
 
 Run by test_prefect_deployment.py in its own process, so PREFECT_API_URL points this client
 at the test's server. Prints ``key=value`` lines the test reads.
@@ -14,21 +15,21 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.deployments import run_deployment
 
 
-async def main(landing: str) -> None:
-    source = {"path": landing, "layout": "imagefolder"}
-    parameters = {"params": {"sources": [source], "train": False}}
-    run = await run_deployment("nightly/nightly", parameters=parameters, timeout=540)
+async def main(nights: int) -> None:
+    parameters = {"params": {"train": False}}  # sources: the landing zone in the settings
+    for night in range(1, nights + 1):
+        run = await run_deployment("nightly/nightly", parameters=parameters, timeout=540)
+        print(f"state_{night}={run.state.type.value}")
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("nightly/nightly")
         schedule = deployment.schedules[0].schedule
         artifacts = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
         )
-    print(f"state={run.state.type.value}")
     print(f"cron={schedule.cron}")
     print(f"timezone={schedule.timezone}")
     print(f"artifacts={','.join(sorted(a.key for a in artifacts if a.key))}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(int(sys.argv[1])))
