@@ -133,12 +133,17 @@ class TrainingSettings(BaseModel):
 
 
 class PromotionSettings(BaseModel):
-    """The champion/challenger gate."""
+    """The champion/challenger gate (``visionloop.registry.promotion.decide``)."""
 
     primary_metric: str = "macro_f1"
-    min_improvement: float = Field(0.0, ge=0)
+    min_improvement: float = Field(
+        0.0, ge=0, description="the delta's confidence interval must lie above this"
+    )
     max_recall_drop: float = Field(0.05, ge=0, le=1)
     first_model_floor: float = Field(0.5, ge=0, le=1)
+    confidence: float = Field(0.95, gt=0, lt=1, description="of the paired bootstrap interval")
+    bootstrap_resamples: int = Field(1000, ge=100, description="paired resamples of the test split")
+    bootstrap_seed: int = 0
 
 
 class EmbeddingSettings(BaseModel):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from timm.scheduler import CosineLRScheduler
 
 from tests.lakes import tiny_lake
 from tests.waiting import wait_for
@@ -214,17 +215,38 @@ def test_early_stopping_state_counts_epochs_without_improvement() -> None:
     assert ckpt.TrainState.from_dict(state.to_dict()) == state
 
 
-def test_warmup_then_cosine_schedule() -> None:
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_cosine(optimizer, total_updates=10, warmup_updates=2)
+def _cosine(step: int, total: int = 8) -> float:
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def test_warmup_then_cosine_schedule_is_timms_and_steps_per_update() -> None:
+    def fresh() -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        return optimizer, warmup_cosine(optimizer, total_updates=10, warmup_updates=2)
+
+    optimizer, scheduler = fresh()
+    assert isinstance(scheduler, CosineLRScheduler)
     lrs = []
-    for _ in range(10):
-        lrs.append(optimizer.param_groups[0]["lr"])
+    for update in range(1, 11):
+        lrs.append(optimizer.param_groups[0]["lr"])  # the lr this update uses
         optimizer.step()
-        scheduler.step()
-    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
-    assert all(a > b for a, b in itertools.pairwise(lrs[2:]))  # decays after warm-up
-    assert lrs[-1] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+        scheduler.step_update(update)
+        if update == 5:
+            saved = optimizer.state_dict(), scheduler.state_dict()
+    # warm-up from 1% of the base lr, the base lr after 2 updates, cosine to 1% at update 10
+    assert lrs[:4] == pytest.approx([0.01, 0.505, 1.0, _cosine(1)])
+    assert all(a > b for a, b in itertools.pairwise(lrs[2:]))
+    assert lrs[-1] == pytest.approx(_cosine(7))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # after the last update
+    # Resumed from update 5's state, the schedule goes on as if never stopped.
+    optimizer, scheduler = fresh()
+    optimizer.load_state_dict(saved[0])
+    scheduler.load_state_dict(saved[1])
+    resumed = []
+    for update in range(6, 11):
+        resumed.append(optimizer.param_groups[0]["lr"])
+        scheduler.step_update(update)
+    assert resumed == pytest.approx(lrs[5:])
 
 
 def test_checkpoint_files_are_replaced_atomically_and_hashes_see_every_tensor(

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.lakes import commit_rows
 from visionloop.lake.snapshot import LakeSnapshot, take
 from visionloop.preprocessing import ImageOptions
 from visionloop.registry.lineage import Fingerprint
+from visionloop.registry.promotion import PAIRED_PREDICTIONS
 from visionloop.registry.tracking import Tracking
 from visionloop.settings import REPO_ROOT, Settings, load_settings
 from visionloop.training.models import ModelSpec
@@ -232,8 +234,10 @@ def test_register_promote_rollback(home: Path, lake_rows, checkpoints) -> None:
     assert {
         "eval/test_confusion.png",
         "eval/test_report.json",
+        "eval/test_predictions.json",
         "eval/calibration.json",
     } <= artifacts
+    assert run.data.tags["eval.test.snapshot_id"] == snapshot.id
     version_tags = tracking.version_tags("1")
     assert version_tags["lineage.fingerprint"] == run.data.tags["lineage.fingerprint"]
     # Artifacts live beside the SQLite store, not in the cwd.
@@ -260,6 +264,14 @@ def test_register_promote_rollback(home: Path, lake_rows, checkpoints) -> None:
     assert json.loads(tags["promotion.numbers"])["delta"] > 0
     assert client.get_run(v2.run_id).data.tags["promotion.decision"] == "promoted"
     assert second.rows[0]["passed"] and len(second.rows) == 1 + len(CLASSES)
+    # The paired bootstrap's interval, as tags of its own and in the decision's first row.
+    assert 0 < float(tags["promotion.delta_ci_low"]) <= float(tags["promotion.delta"])
+    assert float(tags["promotion.delta"]) <= float(tags["promotion.delta_ci_high"])
+    assert tags["promotion.bootstrap_resamples"] == "1000"
+    assert tags["promotion.confidence"] == "0.95" and tags["promotion.paired_images"] == "24"
+    assert "95% CI" in second.rows[0]["check"]
+    _check_paired_predictions(tracking, v2.run_id, lake_rows)
+    _check_logged_evaluation_is_the_pyfuncs(tracking, settings, snapshot, lake_rows)
 
     # A retry of the same promotion replays the recorded decision; nothing moves.
     again = promote(tracking, settings, snapshot, v2.version)
@@ -355,6 +367,35 @@ def test_promotions_are_serialised_and_finish_an_interrupted_alias_move(
     assert replay.replayed and replay.decision.reason == "recorded before a crash"
     assert tracking.alias_version("champion") == "4"
     assert tracking.alias_version("previous-champion") == winner
+
+
+def _check_paired_predictions(tracking: Tracking, run_id: str, rows: list[dict]) -> None:
+    """Both models' predictions on every test image, keyed by image_id, on the challenger's run."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = tracking.client.download_artifacts(run_id, PAIRED_PREDICTIONS, directory)
+        table = json.loads(Path(path).read_text())
+    assert table["columns"] == ["image_id", "label", "challenger", "champion"]
+    truth = {row["image_id"]: row["label"] for row in rows if row["split"] == "test"}
+    assert {image_id: label for image_id, label, _, _ in table["data"]} == truth
+    assert all(row[2] in CLASSES and row[3] in CLASSES for row in table["data"])
+
+
+def _check_logged_evaluation_is_the_pyfuncs(
+    tracking: Tracking, settings: Settings, snapshot: LakeSnapshot, rows: list[dict]
+) -> None:
+    """The predictions registration logged are read back only on their own snapshot, and
+    are what the served pyfunc predicts."""
+    from visionloop.registry.promotion import evaluate_version, logged_evaluation
+
+    logged = logged_evaluation(tracking, "2", snapshot)
+    assert logged is not None
+    fresh = evaluate_version(tracking, "2", snapshot)
+    assert logged.predictions.image_ids == fresh.predictions.image_ids
+    assert logged.predictions.predicted == fresh.predictions.predicted
+    assert logged.report.macro_f1 == pytest.approx(fresh.report.macro_f1)
+    more = _rows({"test": 1}, seed=9)
+    commit_rows(settings, more, batch_id="b-later", row_group_rows=20)
+    assert logged_evaluation(tracking, "2", take(settings.lake_dir)) is None
 
 
 def _predict_in_fresh_process(settings: Settings, images: list[bytes], home: Path) -> dict:

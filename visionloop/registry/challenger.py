@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.registry.lineage import FINGERPRINT_TAG, Fingerprint
-from visionloop.registry.promotion import DECISION_TAG, ROLLED_BACK_TAG
+from visionloop.registry.promotion import DECISION_TAG, ROLLED_BACK_TAG, log_test_evaluation
 from visionloop.registry.served_model import RegisteredVersion, log_and_register
 from visionloop.registry.tracking import CHAMPION, Tracking
 from visionloop.settings import Settings
 from visionloop.training.calibration import CalibrationReport, calibrate
 from visionloop.training.classifier import ImageClassifier
-from visionloop.training.evaluate import EvalReport, collect_logits, evaluate_snapshot
+from visionloop.training.evaluate import EvalReport, Evaluation, collect_logits, evaluate_images
 from visionloop.training.launch import TrainingOutcome, run_training
 
 Action = Literal["train", "skip", "reuse"]
@@ -154,10 +154,14 @@ def register_trained(
 ) -> tuple[RegisteredVersion, CalibrationReport, EvalReport]:
     """Calibrate and test a trained ``model.pt`` on the snapshot, then log and register it.
 
-    The version carries its run's lineage tags; the run is marked FAILED if anything fails.
+    The per-image test predictions are logged too (keyed by image_id), for the promotion's
+    paired test. The version carries its run's lineage tags; the run is marked FAILED if
+    anything fails.
     """
     try:
-        calibration, test = calibrate_and_test(snapshot, model_path)
+        calibration, evaluation = calibrate_and_evaluate(snapshot, model_path)
+        log_test_evaluation(tracking, run_id, evaluation.predictions, snapshot)
+        test = evaluation.report
     except BaseException:
         with contextlib.suppress(Exception):
             tracking.end_run(run_id, "FAILED")
@@ -181,9 +185,16 @@ def calibrate_and_test(
     snapshot: LakeSnapshot, model_path: Path
 ) -> tuple[CalibrationReport, EvalReport]:
     """Fit the temperature on the snapshot's val split, then score its test split with it."""
+    calibration, evaluation = calibrate_and_evaluate(snapshot, model_path)
+    return calibration, evaluation.report
+
+
+def calibrate_and_evaluate(
+    snapshot: LakeSnapshot, model_path: Path
+) -> tuple[CalibrationReport, Evaluation]:
+    """:func:`calibrate_and_test`, keeping the per-image test predictions."""
     classifier = ImageClassifier.load(model_path)
     logits, targets = collect_logits(classifier.logits, snapshot, classifier.labels, "val")
     calibration = calibrate(logits, targets)
     classifier.temperature = calibration.temperature
-    test = evaluate_snapshot(classifier.predict_proba, snapshot, classifier.labels)
-    return calibration, test
+    return calibration, evaluate_images(classifier.predict_proba, snapshot, classifier.labels)

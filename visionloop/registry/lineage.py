@@ -2,14 +2,16 @@
 
 A model's **training fingerprint** hashes the three things that decide what training
 produces: the labelled training split (the snapshot's ``train_hash``), the recipe (training
-settings, class list, preprocessing) and the code (a hash of the ``visionloop`` package
-sources). It is stored as a tag on the run and the registered version, so a later run can
-tell whether training again could produce anything new.
+settings, class list, preprocessing) and the code that turns them into a model (a hash of
+the modules in :data:`TRAINING_CODE`, not of the whole package: editing CLI help or the
+labelling client must not retrain). It is stored as a tag on the run and the registered
+version, so a later run can tell whether training again could produce anything new.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import subprocess
 from dataclasses import dataclass
@@ -22,8 +24,32 @@ from visionloop.settings import REPO_ROOT, Settings
 from visionloop.training.evaluate import metric_safe
 
 TAG_VALUE_LIMIT = 5000
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 FINGERPRINT_TAG = "lineage.fingerprint"
+
+#: The code that decides what model a training split and recipe become (a package stands
+#: for every module under it). Chosen by what the model depends on:
+#:
+#: * ``visionloop.spark_jobs.preprocess_images`` and ``visionloop.preprocessing``: the
+#:   ingest job and the one preprocessing function write the stored pixels a model trains on
+#:   (``image_id`` hashes the original file, so the training split's hash cannot see them);
+#: * ``visionloop.lake.contract``, ``.snapshot``, ``.label_events``, ``.label_map``: the
+#:   table's meaning and which rows, with which effective labels and class order, a
+#:   snapshot hands to training;
+#: * ``visionloop.training``: model factory, transforms, lake reader, loop, schedule, DDP,
+#:   checkpoints, the calibration and evaluation that are registered with the model.
+#:
+#: Left out on purpose: CLI, flows and tasks, settings (the recipe hashes their values),
+#: registry and serving (they wrap a model, they do not make it), embeddings, monitoring,
+#: labelling and quality (they decide whether to train, not what training makes).
+TRAINING_CODE = (
+    "visionloop.spark_jobs.preprocess_images",
+    "visionloop.preprocessing",
+    "visionloop.lake.contract",
+    "visionloop.lake.snapshot",
+    "visionloop.lake.label_events",
+    "visionloop.lake.label_map",
+    "visionloop.training",
+)
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str:
@@ -38,11 +64,44 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
     return commit if result.returncode == 0 and commit else "unknown"
 
 
-def code_hash(package: Path = PACKAGE_DIR) -> str:
-    """sha256 over the package's Python sources (path and content): uncommitted edits count."""
+def code_sources(
+    modules: tuple[str, ...] = TRAINING_CODE, root: Path | None = None
+) -> dict[str, Path]:
+    """``key -> source file`` of the modules (a package: every ``.py`` under it).
+
+    Found by import (wherever ``visionloop`` is installed), or under ``root`` laid out by
+    module name (``root/visionloop/training/...``, ``root/visionloop/spark_jobs/...``).
+    """
+    sources: dict[str, Path] = {}
+    for module in modules:
+        path = _module_path(module, root)
+        if path.name == "__init__.py":
+            for file in sorted(path.parent.rglob("*.py")):
+                if "__pycache__" not in file.parts:
+                    sources[f"{module}/{file.relative_to(path.parent).as_posix()}"] = file
+        else:
+            sources[module] = path
+    return sources
+
+
+def _module_path(module: str, root: Path | None) -> Path:
+    if root is None:
+        spec = importlib.util.find_spec(module)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(f"training code module {module} is not importable")
+        return Path(spec.origin)
+    base = root.joinpath(*module.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"training code module {module} is not under {root}")
+
+
+def code_hash(sources: dict[str, Path] | None = None) -> str:
+    """sha256 over the training code's sources (key and content): uncommitted edits count."""
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(f"{path.relative_to(package).as_posix()}\n".encode())
+    for key, path in sorted((sources or code_sources()).items()):
+        digest.update(f"{key}\n".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 

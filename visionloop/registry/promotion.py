@@ -1,10 +1,17 @@
 """The champion/challenger gate, alias moves, and rollback.
 
-:func:`decide` is pure: two :class:`EvalReport` on the same frozen test split and the
-policy in, a :class:`Decision` out. :func:`promote` evaluates both registered models on the
-test split of the run's lake snapshot, decides, records the decision as tags on the
-challenger version and its run, then moves the aliases (``champion`` to the challenger,
-``previous-champion`` to the old champion). :func:`rollback` undoes the last promotion.
+:func:`decide` is pure: two :class:`Evaluation` on the same frozen test split and the
+policy in, a :class:`Decision` out. A challenger wins only on a significant gain: the
+paired bootstrap interval of the primary metric's delta
+(:func:`~visionloop.registry.significance.paired_bootstrap`) must lie above
+``min_improvement``, and no class's recall may drop too far.
+
+:func:`promote` evaluates both registered models on the test split of the run's lake
+snapshot (a version whose run logged its per-image test predictions on that very snapshot
+is read back instead of scored again), decides, records the decision, its interval and the
+paired per-image predictions on the challenger version and its run, then moves the aliases
+(``champion`` to the challenger, ``previous-champion`` to the old champion).
+:func:`rollback` undoes the last promotion.
 
 Promotions and rollbacks of one registered model are serialised by a lock under the data
 home, and idempotent: a version's recorded decision is final. A retry after the aliases
@@ -15,14 +22,17 @@ and a version that was rolled back or rejected is never promoted by a later run.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from visionloop import locks
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.registry.served_model import predict_proba_fn
+from visionloop.registry.significance import PairedDelta, paired_bootstrap
 from visionloop.registry.tracking import (
     CHALLENGER,
     CHAMPION,
@@ -31,7 +41,13 @@ from visionloop.registry.tracking import (
     now_iso,
 )
 from visionloop.settings import PromotionSettings, Settings
-from visionloop.training.evaluate import SUPPORTED_METRICS, EvalReport, evaluate_snapshot
+from visionloop.training.evaluate import (
+    SUPPORTED_METRICS,
+    EvalReport,
+    Evaluation,
+    ImagePredictions,
+    evaluate_images,
+)
 
 # Float noise tolerance: a delta of 0.00999999 still "meets" min_improvement = 0.01.
 EPSILON = 1e-9
@@ -75,7 +91,7 @@ class Decision:
             return rows
         rows.append(
             {
-                "check": f"{metric} improves by >= min_improvement",
+                "check": _metric_check(numbers),
                 "challenger": numbers["challenger"],
                 "champion": numbers["champion"],
                 "threshold": numbers["min_improvement"],
@@ -96,6 +112,20 @@ class Decision:
                 }
             )
         return rows
+
+
+def _metric_check(numbers: dict[str, Any]) -> str:
+    """The primary-metric row's check, naming the interval (decisions recorded before the
+    paired bootstrap have none)."""
+    metric, interval = numbers.get("metric", "?"), numbers.get("delta_ci")
+    if interval is None:
+        return f"{metric} improves by >= min_improvement"
+    return (
+        f"{metric} delta {numbers['delta']:+.4f}, {numbers['confidence']:.0%} CI "
+        f"[{interval[0]:+.4f}, {interval[1]:+.4f}] ({numbers['bootstrap_resamples']} paired "
+        f"resamples of {numbers['paired_images']} images, seed {numbers['bootstrap_seed']}) "
+        "lies above min_improvement"
+    )
 
 
 def _round(value: float | None) -> float | None:
@@ -133,11 +163,12 @@ def _recall_drops(
 
 
 def decide(
-    challenger: EvalReport, champion: EvalReport | None, policy: PromotionSettings
+    challenger: Evaluation, champion: Evaluation | None, policy: PromotionSettings
 ) -> Decision:
-    """Promote when the primary metric beats the champion's by at least ``min_improvement``
-    (and strictly beats it) and no class's recall drops by more than ``max_recall_drop``;
-    with no champion, promote when the metric clears ``first_model_floor``.
+    """Promote when the ``policy.confidence`` paired bootstrap interval of the primary
+    metric's delta (challenger - champion, on the same test images) lies above
+    ``min_improvement`` and no class's recall drops by more than ``max_recall_drop``; with
+    no champion, promote when the metric clears ``first_model_floor``.
 
     Classes without true examples in either report are not compared.
     """
@@ -147,13 +178,41 @@ def decide(
             f"unsupported primary_metric {metric!r}; set VISIONLOOP_PROMOTION__PRIMARY_METRIC "
             f"to one of {list(SUPPORTED_METRICS)}"
         )
-    value = challenger.metric(metric)
+    value = challenger.report.metric(metric)
     if champion is None:
-        return _decide_first_model(metric, value, challenger.n, policy.first_model_floor)
+        return _decide_first_model(metric, value, challenger.report.n, policy.first_model_floor)
+    interval = paired_bootstrap(
+        challenger.predictions,
+        champion.predictions,
+        metric,
+        resamples=policy.bootstrap_resamples,
+        confidence=policy.confidence,
+        seed=policy.bootstrap_seed,
+    )
+    return _decide_against(challenger.report, champion.report, interval, policy)
 
-    baseline = champion.metric(metric)
-    delta = value - baseline
-    metric_passed = delta > EPSILON and delta + EPSILON >= policy.min_improvement
+
+def _significant(interval: PairedDelta, min_improvement: float) -> bool:
+    """The whole interval lies above ``min_improvement`` (and the delta is a gain)."""
+    return interval.delta > EPSILON and interval.low > min_improvement + EPSILON
+
+
+def _interval_numbers(interval: PairedDelta) -> dict[str, Any]:
+    return {
+        "delta_ci": [_round(interval.low), _round(interval.high)],
+        "confidence": interval.confidence,
+        "bootstrap_resamples": interval.resamples,
+        "bootstrap_seed": interval.seed,
+        "paired_images": interval.images,
+    }
+
+
+def _decide_against(
+    challenger: EvalReport, champion: EvalReport, interval: PairedDelta, policy: PromotionSettings
+) -> Decision:
+    metric, delta = interval.metric, interval.delta
+    value, baseline = challenger.metric(metric), champion.metric(metric)
+    metric_passed = _significant(interval, policy.min_improvement)
     recalls, drops = _recall_drops(challenger, champion)
     too_large = {
         label: drop for label, drop in drops.items() if drop > policy.max_recall_drop + EPSILON
@@ -164,6 +223,7 @@ def decide(
         "challenger": _round(value),
         "champion": _round(baseline),
         "delta": _round(delta),
+        **_interval_numbers(interval),
         "min_improvement": policy.min_improvement,
         "metric_passed": metric_passed,
         "max_recall_drop": policy.max_recall_drop,
@@ -174,22 +234,27 @@ def decide(
         "n_challenger": challenger.n,
         "n_champion": champion.n,
     }
+    ci = (
+        f"{interval.confidence:.0%} CI [{interval.low:+.4f}, {interval.high:+.4f}] over "
+        f"{interval.resamples} paired resamples of {interval.images} test images"
+    )
     if not metric_passed:
         reason = (
-            f"{metric} {value:.4f} vs champion {baseline:.4f} (delta {delta:+.4f}) does not "
-            f"beat it by at least {policy.min_improvement:.4f}"
+            f"{metric} {value:.4f} vs champion {baseline:.4f} (delta {delta:+.4f}, {ci}) does "
+            f"not beat it significantly: the interval does not lie above "
+            f"{policy.min_improvement:.4f}"
         )
         return Decision(False, reason, numbers)
     if too_large:
         listed = ", ".join(f"{label} -{drop:.4f}" for label, drop in sorted(too_large.items()))
         reason = (
-            f"{metric} improves by {delta:+.4f} but recall drops beyond "
+            f"{metric} improves by {delta:+.4f} ({ci}) but recall drops beyond "
             f"{policy.max_recall_drop:.4f}: {listed}"
         )
         return Decision(False, reason, numbers)
     reason = (
-        f"{metric} {value:.4f} beats champion {baseline:.4f} by {delta:+.4f} "
-        f"(>= {policy.min_improvement:.4f}); worst recall drop "
+        f"{metric} {value:.4f} beats champion {baseline:.4f} by {delta:+.4f} ({ci}, above "
+        f"{policy.min_improvement:.4f}); worst recall drop "
         f"{(drops[worst] if worst else 0.0):+.4f} within {policy.max_recall_drop:.4f}"
     )
     return Decision(True, reason, numbers)
@@ -200,6 +265,15 @@ def decide(
 DECISION_TAG = "promotion.decision"
 ROLLED_BACK_TAG = "rolled_back"
 LOCK_TIMEOUT_S = 600
+#: A run's test evaluation (``Tracking.log_evaluation``), its per-image predictions (an
+#: MLflow table keyed by image_id) and the snapshot both were made on.
+TEST_REPORT = "eval/test_report.json"
+TEST_PREDICTIONS = "eval/test_predictions.json"
+TEST_SNAPSHOT_TAG = "eval.test.snapshot_id"
+#: On the challenger's run: both models' per-image predictions the decision paired.
+PAIRED_PREDICTIONS = "eval/promotion_predictions.json"
+#: Decision numbers also recorded as tags of their own (``promotion.<key>``).
+INTERVAL_TAGS = ("delta", "confidence", "bootstrap_resamples", "bootstrap_seed", "paired_images")
 
 
 @dataclass(frozen=True)
@@ -241,10 +315,72 @@ def registry_lock(settings: Settings, holder: str) -> Iterator[None]:
 
 def evaluate_version(
     tracking: Tracking, version: str, snapshot: LakeSnapshot, split: str = "test"
-) -> EvalReport:
+) -> Evaluation:
     """Evaluate a registered version on a snapshot split, through its stock pyfunc."""
     labels, predict_proba = predict_proba_fn(tracking.load_model(version))
-    return evaluate_snapshot(predict_proba, snapshot, labels, split)
+    return evaluate_images(predict_proba, snapshot, labels, split)
+
+
+def log_test_evaluation(
+    tracking: Tracking, run_id: str, predictions: ImagePredictions, snapshot: LakeSnapshot
+) -> None:
+    """Log a run's per-image test predictions (keyed by image_id) and the snapshot they are on.
+
+    Call once per run: MLflow appends to an existing table of the same name.
+    """
+    tracking.client.log_table(run_id, predictions.to_table(), TEST_PREDICTIONS)
+    tracking.client.set_tag(run_id, TEST_SNAPSHOT_TAG, snapshot.id)
+
+
+def logged_evaluation(
+    tracking: Tracking, version: str, snapshot: LakeSnapshot
+) -> Evaluation | None:
+    """The test evaluation a version's run logged on this very snapshot, read back; None when
+    it logged none, or on another snapshot (whose test split may hold other images)."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client
+    run_id = client.get_model_version(tracking.model_name, version).run_id
+    if not run_id or client.get_run(run_id).data.tags.get(TEST_SNAPSHOT_TAG) != snapshot.id:
+        return None
+    with tempfile.TemporaryDirectory(prefix="vl-eval-") as directory:
+        try:
+            report, table = (
+                json.loads(Path(client.download_artifacts(run_id, name, directory)).read_text())
+                for name in (TEST_REPORT, TEST_PREDICTIONS)
+            )
+        except (MlflowException, OSError, ValueError):
+            return None
+    try:
+        evaluation = Evaluation(EvalReport.from_dict(report), ImagePredictions.from_table(table))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return evaluation if len(evaluation.predictions.image_ids) == evaluation.report.n else None
+
+
+def version_evaluation(tracking: Tracking, version: str, snapshot: LakeSnapshot) -> Evaluation:
+    """The version's test evaluation on ``snapshot``: read back if logged there, else scored."""
+    return logged_evaluation(tracking, version, snapshot) or evaluate_version(
+        tracking, version, snapshot
+    )
+
+
+def log_paired_predictions(
+    tracking: Tracking, version: str, challenger: Evaluation, champion: Evaluation
+) -> None:
+    """Both models' predictions per test image, on the challenger's run (rewritten whole)."""
+    theirs = dict(zip(champion.predictions.image_ids, champion.predictions.predicted, strict=True))
+    ours = challenger.predictions
+    rows = [
+        [image_id, label, predicted, theirs.get(image_id)]
+        for image_id, label, predicted in zip(
+            ours.image_ids, ours.true_labels, ours.predicted, strict=True
+        )
+    ]
+    table = {"columns": ["image_id", "label", "challenger", "champion"], "data": rows}
+    run_id = tracking.client.get_model_version(tracking.model_name, version).run_id
+    if run_id:
+        tracking.client.log_dict(run_id, table, PAIRED_PREDICTIONS)
 
 
 def _tag_value(value: Any) -> str:
@@ -263,6 +399,12 @@ def record_decision(
         "promotion.decided_at": now_iso(),
         "promotion.numbers": _tag_value(decision.numbers),
     }
+    numbers = decision.numbers
+    if numbers.get("delta_ci") is not None:
+        tags["promotion.delta_ci_low"], tags["promotion.delta_ci_high"] = (
+            str(value) for value in numbers["delta_ci"]
+        )
+        tags.update({f"promotion.{key}": str(numbers[key]) for key in INTERVAL_TAGS})
     tracking.tag_version(version, tags)
 
 
@@ -282,12 +424,12 @@ def promote(
     snapshot: LakeSnapshot,
     version: str | None = None,
     *,
-    challenger_report: EvalReport | None = None,
+    challenger_evaluation: Evaluation | None = None,
 ) -> PromotionResult:
     """Decide on ``version`` (default: the ``challenger`` alias) against the champion.
 
-    Both are evaluated on ``snapshot``'s test split (``challenger_report``, when given, must
-    come from it). Serialised and idempotent: see the module docstring.
+    Both are evaluated on ``snapshot``'s test split (``challenger_evaluation``, when given,
+    must come from it). Serialised and idempotent: see the module docstring.
     """
     with registry_lock(settings, f"promoting {tracking.model_name}"):
         version = version or tracking.alias_version(CHALLENGER)
@@ -303,7 +445,7 @@ def promote(
         recorded = recorded_decision(tags)
         if recorded is not None:
             return _replay(tracking, version, *recorded)
-        return _decide_now(tracking, settings, snapshot, version, challenger_report)
+        return _decide_now(tracking, settings, snapshot, version, challenger_evaluation)
 
 
 def _rolled_back(tracking: Tracking, version: str, tags: dict[str, str]) -> PromotionResult:
@@ -329,7 +471,7 @@ def _decide_now(
     settings: Settings,
     snapshot: LakeSnapshot,
     version: str,
-    challenger_report: EvalReport | None,
+    challenger: Evaluation | None,
 ) -> PromotionResult:
     champion_version = tracking.alias_version(CHAMPION)
     if champion_version == version:
@@ -337,11 +479,13 @@ def _decide_now(
             f"v{version} of {tracking.model_name} is the champion but has no recorded "
             "decision; it was set by hand"
         )
-    challenger_report = challenger_report or evaluate_version(tracking, version, snapshot)
-    champion_report = (
-        evaluate_version(tracking, champion_version, snapshot) if champion_version else None
+    challenger = challenger or version_evaluation(tracking, version, snapshot)
+    champion = (
+        version_evaluation(tracking, champion_version, snapshot) if champion_version else None
     )
-    decision = decide(challenger_report, champion_report, settings.promotion)
+    decision = decide(challenger, champion, settings.promotion)
+    if champion is not None:
+        log_paired_predictions(tracking, version, challenger, champion)
     record_decision(tracking, version, decision, champion_version)
     if decision.promoted:
         _move_aliases(tracking, version, champion_version)
@@ -350,8 +494,8 @@ def _decide_now(
         tracking.model_name,
         version,
         champion_version,
-        challenger_report,
-        champion_report,
+        challenger.report,
+        champion.report if champion else None,
     )
 
 

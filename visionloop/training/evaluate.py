@@ -1,7 +1,9 @@
 """Evaluation on a split of a frozen lake snapshot: the metrics a promotion needs.
 
 Rows stream through :meth:`~visionloop.lake.snapshot.LakeSnapshot.labelled`, so the table
-is never in memory whole; the metrics are scikit-learn's.
+is never in memory whole; the metrics are scikit-learn's. :func:`evaluate_images` also keeps
+each image's prediction keyed by ``image_id`` (:class:`ImagePredictions`), so two models
+evaluated on the same split can be compared image by image (the promotion's paired test).
 """
 
 from __future__ import annotations
@@ -144,6 +146,62 @@ def _ece(probabilities: np.ndarray | None, y_true: np.ndarray, known: int) -> fl
     return expected_calibration_error(probabilities[rows], y_true[rows], ECE_BINS)
 
 
+@dataclass(frozen=True)
+class ImagePredictions:
+    """One model's prediction for each image of a split, keyed by ``image_id``."""
+
+    image_ids: tuple[str, ...]
+    true_labels: tuple[str, ...]
+    predicted: tuple[str, ...]
+    confidence: tuple[float, ...]
+
+    COLUMNS = ("image_id", "label", "predicted", "confidence")
+
+    def __post_init__(self) -> None:
+        sizes = {len(self.image_ids), len(self.true_labels), len(self.predicted)}
+        if len(sizes | {len(self.confidence)}) != 1:
+            raise ValueError("image_ids, true_labels, predicted and confidence differ in length")
+        if len(set(self.image_ids)) != len(self.image_ids):
+            raise ValueError("an image_id appears twice in the predictions")
+
+    @classmethod
+    def from_probabilities(
+        cls,
+        image_ids: Sequence[str],
+        true_labels: Sequence[str],
+        probabilities: np.ndarray,
+        labels: Sequence[str],
+    ) -> ImagePredictions:
+        best = probabilities.argmax(axis=1)
+        return cls(
+            tuple(image_ids),
+            tuple(str(label) for label in true_labels),
+            tuple(str(labels[i]) for i in best),
+            tuple(float(p) for p in probabilities.max(axis=1)),
+        )
+
+    def to_table(self) -> dict[str, list[Any]]:
+        """Columns for ``MlflowClient.log_table`` (an MLflow eval table keyed by image_id)."""
+        columns = (self.image_ids, self.true_labels, self.predicted, self.confidence)
+        return {name: list(values) for name, values in zip(self.COLUMNS, columns, strict=True)}
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> ImagePredictions:
+        """Back from :meth:`to_table` or MLflow's logged table JSON (``columns`` + ``data``)."""
+        if "columns" in table and "data" in table:
+            position = {name: i for i, name in enumerate(table["columns"])}
+            table = {name: [row[position[name]] for row in table["data"]] for name in cls.COLUMNS}
+        return cls(*(tuple(table[name]) for name in cls.COLUMNS))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's metrics on a split and the per-image predictions they were computed from."""
+
+    report: EvalReport
+    predictions: ImagePredictions
+
+
 def evaluate_snapshot(
     predict_proba: ProbabilityFn,
     snapshot: LakeSnapshot,
@@ -152,6 +210,18 @@ def evaluate_snapshot(
     batch_size: int = 256,
 ) -> EvalReport:
     """Evaluate a predictor (images -> probabilities in ``labels`` order) on a snapshot split."""
+    return evaluate_images(predict_proba, snapshot, labels, split, batch_size).report
+
+
+def evaluate_images(
+    predict_proba: ProbabilityFn,
+    snapshot: LakeSnapshot,
+    labels: Sequence[str],
+    split: str = "test",
+    batch_size: int = 256,
+) -> Evaluation:
+    """:func:`evaluate_snapshot`, keeping every image's prediction by ``image_id``."""
+    image_ids: list[str] = []
     true_labels: list[str] = []
     probabilities: list[np.ndarray] = []
     for batch in snapshot.labelled(split, batch_size):
@@ -161,6 +231,7 @@ def evaluate_snapshot(
                 f"predictor returned shape {probs.shape} for {len(batch['image'])} images and "
                 f"{len(labels)} labels"
             )
+        image_ids += batch["image_id"]
         true_labels += batch["label"]
         probabilities.append(probs)
     if not true_labels:
@@ -169,9 +240,11 @@ def evaluate_snapshot(
             "ingest labelled data first"
         )
     stacked = np.concatenate(probabilities)
-    return report_from_predictions(
+    report = report_from_predictions(
         true_labels, stacked.argmax(axis=1), labels, probabilities=stacked, split=split
     )
+    predictions = ImagePredictions.from_probabilities(image_ids, true_labels, stacked, labels)
+    return Evaluation(report, predictions)
 
 
 def collect_logits(

@@ -1,4 +1,4 @@
-"""One training epoch, one evaluation pass and the learning-rate schedule."""
+"""One training epoch, one evaluation pass and the learning-rate schedule (timm's)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
 
 from visionloop.training.distributed import DistContext, sum_all
 from visionloop.training.lake_reader import Sample
@@ -19,16 +19,23 @@ from visionloop.training.lake_reader import Sample
 
 def warmup_cosine(
     optimizer: Optimizer, total_updates: int, warmup_updates: int, floor: float = 0.01
-) -> LambdaLR:
-    """Linear warm-up to the base lr, then cosine decay to ``floor`` x base lr."""
+) -> CosineLRScheduler:
+    """Per optimizer update: linear warm-up from ``floor`` x base lr to the base lr over
+    ``warmup_updates``, then cosine decay to ``floor`` x base lr at ``total_updates``.
 
-    def factor(update: int) -> float:
-        if update < warmup_updates:
-            return (update + 1) / warmup_updates
-        progress = (update - warmup_updates) / max(1, total_updates - warmup_updates)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return LambdaLR(optimizer, factor)
+    timm's scheduler, stepped with ``step_update(updates_done)`` after every update: the lr
+    is a function of the update count, so a resumed run continues where it was killed.
+    """
+    base = optimizer.param_groups[0]["lr"]
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_updates - warmup_updates),
+        lr_min=floor * base,
+        warmup_t=warmup_updates,
+        warmup_lr_init=floor * base,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -65,16 +72,21 @@ def train_one_epoch(
     batches: Iterable[Sample],
     num_batches: int,
     optimizer: Optimizer,
-    scheduler: LambdaLR,
+    scheduler: CosineLRScheduler,
     scaler: torch.amp.GradScaler,
     *,
+    updates_done: int,
     ctx: DistContext,
     precision: Precision,
     accum_steps: int,
     loss_fn: nn.Module,
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None,
 ) -> TrainResult:
-    """Micro-batches are grouped ``accum_steps`` at a time; gradients sync on the last one."""
+    """Micro-batches are grouped ``accum_steps`` at a time; gradients sync on the last one.
+
+    ``updates_done`` counts the optimizer updates of earlier epochs; the schedule steps per
+    update from there.
+    """
     model.train()
     started = time.perf_counter()
     loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
@@ -96,7 +108,8 @@ def train_one_epoch(
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            updates_done += 1
+            scheduler.step_update(updates_done)
         loss_sum += loss.detach().double() * len(images)
         seen += len(images)
     total_loss, total_seen = sum_all(ctx, loss_sum.item(), seen)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
@@ -58,13 +59,14 @@ class Components:
     model: nn.Module  # the bare model (what is saved)
     wrapped: nn.Module  # DDP-wrapped when distributed
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: CosineLRScheduler
     scaler: torch.amp.GradScaler
     train_data: LakeDataset
     val_data: LakeDataset
     train_loader: DataLoader  # made once: their workers persist across epochs
     val_loader: DataLoader
     spec: ModelSpec
+    updates_per_epoch: int
     best_weights: dict[str, torch.Tensor] | None = None  # CPU copy of the best epoch's
 
 
@@ -131,7 +133,7 @@ def build(settings: Settings, paths: RunPaths, ctx: DistContext, resuming: bool)
         for data in (train_data, val_data)
     ]
     return Components(
-        model, wrapped, optimizer, scheduler, scaler, train_data, val_data, *loaders, spec
+        model, wrapped, optimizer, scheduler, scaler, train_data, val_data, *loaders, spec, updates
     )
 
 
@@ -226,6 +228,7 @@ def run_epoch(
         parts.optimizer,
         parts.scheduler,
         parts.scaler,
+        updates_done=(epoch - 1) * parts.updates_per_epoch,
         ctx=ctx,
         precision=Precision(ctx.device),
         accum_steps=config.grad_accum_steps,
