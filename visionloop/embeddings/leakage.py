@@ -6,7 +6,9 @@ generalisation. Within one split they are **near-duplicates**. For each image ch
 candidates are its ``leakage.neighbours`` nearest images by embedding (the similar-image
 index) and by pixel fingerprint (exact search); a candidate is a copy when the fingerprint
 similarity of the two (see :mod:`visionloop.embeddings.fingerprints`) reaches
-``leakage.threshold``. :func:`find_pairs` is pure.
+``leakage.threshold``. :func:`candidates_of` and :func:`verified_pairs` are the two steps
+over in-memory data (``benchmarks/leakage.py`` measures them on Fashion-MNIST);
+:func:`find_pairs` is pure.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pyarrow as pa
 
 from visionloop.embeddings import fingerprints
 from visionloop.embeddings.index import VectorIndex
-from visionloop.embeddings.vectors import read_vectors
+from visionloop.embeddings.vectors import Vectors, read_vectors
 from visionloop.lake.snapshot import LakeSnapshot, row_groups
 from visionloop.preprocessing import decode_stored
 
@@ -183,45 +185,56 @@ def check_batches(
     query_ids = _batch_ids(snapshot, batch_ids)
     if not query_ids:  # a batch of duplicates only
         return LeakageCheck([], summarise([], []), {})
-    by_embedding = _nearest_by_embedding(snapshot, index, query_ids, neighbours)
-    by_pixels = _nearest_by_fingerprint(snapshot, index.version, query_ids, neighbours)
-    candidates = [by_embedding.get(q, set()) | by_pixels.get(q, set()) for q in query_ids]
+    query = read_vectors(snapshot.lake_path, index.version, image_ids=query_ids)
+    prints = read_vectors(snapshot.lake_path, index.version, column="fingerprint")
+    candidates = candidates_of(query_ids, index, query, prints, neighbours)
     involved = set(query_ids).union(*candidates) if candidates else set()
     images = _column(snapshot, involved, "image")
+    splits = _column(snapshot, involved, "split")
+    pairs = verified_pairs(query_ids, candidates, images, splits, threshold)
+    shown = {image for pair in pairs[:PAIRS_SHOWN] for image in (pair.image_a, pair.image_b)}
+    return LeakageCheck(
+        pairs, summarise(query_ids, pairs), {i: images[i] for i in shown if i in images}
+    )
+
+
+def candidates_of(
+    query_ids: Sequence[str], index: VectorIndex, query: Vectors, prints: Vectors, k: int
+) -> list[set[str]]:
+    """Each query's ``k`` nearest images by embedding (``query`` holds the queries' vectors)
+    and by pixel fingerprint (``prints``: every image's stored fingerprint)."""
+    by_embedding = nearest_by_embedding(index, query, k)
+    by_pixels = nearest_by_fingerprint(prints, query_ids, k)
+    return [by_embedding.get(q, set()) | by_pixels.get(q, set()) for q in query_ids]
+
+
+def verified_pairs(
+    query_ids: Sequence[str],
+    candidates: Sequence[Collection[str]],
+    images: Mapping[str, bytes],
+    splits: Mapping[str, str],
+    threshold: float,
+) -> list[Pair]:
+    """The candidate pairs whose :func:`fingerprints.similarity` reaches ``threshold``."""
     variants = {image_id: fingerprints.variants(data) for image_id, data in images.items()}
 
     def similarity(a: str, b: str) -> float:
         return fingerprints.similarity(variants[a], variants[b])
 
-    pairs = find_pairs(
-        query_ids, candidates, similarity, _column(snapshot, involved, "split"), threshold
-    )
-    shown = {image for pair in pairs[:PAIRS_SHOWN] for image in (pair.image_a, pair.image_b)}
-    return LeakageCheck(
-        pairs,
-        summarise(query_ids, pairs),
-        {i: images[i] for i in shown if i in images},
-        tuple(query_ids),
-    )
+    return find_pairs(query_ids, candidates, similarity, splits, threshold)
 
 
-def _nearest_by_embedding(
-    snapshot: LakeSnapshot, index: VectorIndex, query_ids: list[str], k: int
-) -> dict[str, set[str]]:
-    query = read_vectors(snapshot.lake_path, index.version, image_ids=query_ids)
+def nearest_by_embedding(index: VectorIndex, query: Vectors, k: int) -> dict[str, set[str]]:
     found = index.search(query.matrix, k + 1)
     return {
         image_id: {n.image_id for n in row} for image_id, row in zip(query.ids, found, strict=True)
     }
 
 
-def _nearest_by_fingerprint(
-    snapshot: LakeSnapshot, version: str, query_ids: list[str], k: int
-) -> dict[str, set[str]]:
+def nearest_by_fingerprint(lake: Vectors, query_ids: Sequence[str], k: int) -> dict[str, set[str]]:
     """Exact inner-product search over every image's fingerprint (1 KB each)."""
     import faiss
 
-    lake = read_vectors(snapshot.lake_path, version, column="fingerprint")
     if not len(lake):
         return {}
     search = faiss.IndexFlatIP(lake.matrix.shape[1])

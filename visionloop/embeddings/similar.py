@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionloop.embeddings.embedder import EmbedderSource
-from visionloop.embeddings.index import FULL_VECTORS, VectorIndex, index_dir
+from visionloop.embeddings.index import VectorIndex, index_dir, saved_version
 from visionloop.embeddings.vectors import read_vectors
 from visionloop.lake.snapshot import take
 from visionloop.settings import Settings
@@ -31,12 +31,12 @@ class Match:
 def similar(settings: Settings, source: EmbedderSource, query: str, k: int = 10) -> list[Match]:
     """The ``k`` images most like ``query``: a path to an image file, or a lake image id."""
     directory = index_dir(settings.index_dir, source.version)
-    if not (directory / FULL_VECTORS).exists():
+    if saved_version(directory) is None:
         raise SimilarityError(
             f"no similarity index for embedder {source.version} under {settings.index_dir}; "
             "run the embed flow (or `visionloop run`) first"
         )
-    index = VectorIndex.load(directory, settings.similarity)
+    index = VectorIndex.load(directory, settings.similarity, mmap=True)
     if Path(query).is_file():
         vector = source.build().embed([Path(query).read_bytes()])
         exclude = None
