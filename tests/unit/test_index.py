@@ -140,3 +140,13 @@ def test_an_index_grown_far_past_its_projection_is_stale() -> None:
     assert not index.stale
     index.add(_vectors(_clustered(1, 7), start=399))
     assert index.stale
+
+
+def test_a_first_batch_smaller_than_the_projection_still_builds_an_index() -> None:
+    """45 vectors of 1280 dimensions: the PCA can give 45 components, not 128."""
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(45, 1280)).astype(np.float32)
+    vectors = Vectors("v1", [f"id-{i}" for i in range(45)], matrix)
+    index = VectorIndex.build(vectors, SimilaritySettings())
+    (found,) = index.search(matrix[3:4], 1)
+    assert found[0].image_id == "id-3"

@@ -44,9 +44,10 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def factory_string(settings: SimilaritySettings, dimensions: int) -> str:
-    """The faiss factory string of an index over ``dimensions``-D vectors."""
-    projected = min(settings.dimensions, dimensions)
+def factory_string(settings: SimilaritySettings, dimensions: int, vectors: int) -> str:
+    """The faiss factory string of an index over ``vectors`` ``dimensions``-D vectors (a PCA
+    fitted on n vectors has at most n components: a small first batch projects to fewer)."""
+    projected = max(1, min(settings.dimensions, dimensions, vectors))
     return f"PCA{projected},L2norm,HNSW{settings.connectivity},Refine(SQfp16)"
 
 
@@ -83,7 +84,9 @@ class VectorIndex:
 
         matrix = unit_rows(vectors.matrix)
         index = faiss.index_factory(
-            matrix.shape[1], factory_string(settings, matrix.shape[1]), faiss.METRIC_INNER_PRODUCT
+            matrix.shape[1],
+            factory_string(settings, matrix.shape[1], min(len(matrix), PCA_SAMPLE)),
+            faiss.METRIC_INNER_PRODUCT,
         )
         _graph(index).hnsw.efConstruction = settings.ef_construction
         sample = matrix
