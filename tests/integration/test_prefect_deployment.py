@@ -163,7 +163,9 @@ def test_nightly_deployment_drains_the_landing_zone_from_the_api(
     assert lines["state_1"] == lines["state_2"] == "COMPLETED"
     assert lines["cron"] == "0 2 * * *"
     assert lines["timezone"] == "Europe/Berlin"
-    assert {"ingest-counts", "expectations", "data-docs"} <= set(lines["artifacts"].split(","))
+    assert {"ingest-counts", "expectations", "data-docs"} <= set(lines["artifacts_1"].split(","))
+    night_2 = set(lines["artifacts_2"].split(","))  # nothing new: counted, nothing gated
+    assert "ingest-counts" in night_2 and "expectations" not in night_2
     images = ds.dataset(
         Path(prefect_env["VISIONLOOP_DATA_HOME"]) / "lake" / "images",
         format="parquet",

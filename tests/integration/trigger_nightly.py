@@ -17,18 +17,20 @@ from prefect.deployments import run_deployment
 
 async def main(nights: int) -> None:
     parameters = {"params": {"train": False}}  # sources: the landing zone in the settings
+    runs = []
     for night in range(1, nights + 1):
-        run = await run_deployment("nightly/nightly", parameters=parameters, timeout=540)
-        print(f"state_{night}={run.state.type.value}")
+        runs.append(await run_deployment("nightly/nightly", parameters=parameters, timeout=540))
+        print(f"state_{night}={runs[-1].state.type.value}")
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("nightly/nightly")
         schedule = deployment.schedules[0].schedule
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-        )
+        for night, run in enumerate(runs, start=1):
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            print(f"artifacts_{night}={','.join(sorted(a.key for a in artifacts if a.key))}")
     print(f"cron={schedule.cron}")
     print(f"timezone={schedule.timezone}")
-    print(f"artifacts={','.join(sorted(a.key for a in artifacts if a.key))}")
 
 
 if __name__ == "__main__":
