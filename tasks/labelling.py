@@ -14,7 +14,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from visionloop.labelling.client import LabelStudio, configured_or_running
-from visionloop.labelling.handoff import Outbox, choices, prepare, refresh, send, write_files
+from visionloop.labelling.handoff import (
+    OpenQueue,
+    Outbox,
+    choices,
+    prepare,
+    refresh,
+    send,
+    write_files,
+)
 from visionloop.labelling.handoff import task as task_entry
 from visionloop.labelling.server import files_root
 from visionloop.labelling.sync import run_sync
@@ -28,7 +36,7 @@ FOLDER = "visionloop"  # the local-files storage folder, under the document root
 
 
 def outbox(settings: Settings) -> Outbox:
-    return Outbox(settings.labelling_dir / "outbox.json")
+    return Outbox(settings.labelling_dir / "outbox.json", settings.lake_lock_timeout_s)
 
 
 def _table(key: str, counts: dict[str, Any], description: str) -> None:
@@ -72,34 +80,66 @@ def queue_for_annotation(
     embedder_version: str,
     drifted: list[str],
 ) -> dict[str, Any]:
-    """Select tonight's images (drifted first) and queue their tasks in the outbox."""
+    """Select tonight's images (drifted first) and queue their tasks in the outbox, up to
+    ``labelling.max_open_tasks`` open tasks; the summary says how many were held back."""
     champion = _champion(settings, tracking)
     known = champion[1].labels if champion else list(snapshot.classes)
     classes = choices(known, settings.classes)
     overlay = settings.labelling.overlay and champion is not None
     version = champion[0] if champion else None
     box = outbox(settings)
-    box.set_project(settings.registered_model_name, classes, overlay, version)
-    in_studio: dict[str, str | None] = {}
-    if studio is not None and (project := studio.find_project(settings.registered_model_name)):
-        in_studio = studio.open_tasks(project)
-    taken = box.pending_ids() | box.sent_ids() | set(in_studio)
-    chosen = prepare(snapshot, embedder_version, champion, taken, drifted, settings.labelling)
-    stale = sorted(image_id for image_id, made_by in in_studio.items() if made_by != version)
-    refreshed = refresh(snapshot, champion, stale, settings.labelling) if champion else []
-    write_files(files_root(settings), FOLDER, [*chosen, *refreshed], version or "none")
-    queued = box.add([task_entry(item, FOLDER, version) for item in chosen])
-    box.add([task_entry(item, FOLDER, version) for item in refreshed])
+    with box.locked("queue tonight's tasks"):  # counting, selecting, queueing: one step
+        box.set_project(settings.registered_model_name, classes, overlay, version)
+        in_studio = _open_in_studio(settings, studio)
+        queue = _open_queue(settings, snapshot, box, in_studio)
+        taken = box.pending_ids() | box.sent_ids() | set(in_studio or {})
+        prepared = prepare(
+            snapshot, embedder_version, champion, taken, drifted, settings.labelling, queue.room
+        )
+        chosen = prepared.selected
+        stale = sorted(i for i, made_by in (in_studio or {}).items() if made_by != version)
+        refreshed = refresh(snapshot, champion, stale, settings.labelling) if champion else []
+        write_files(files_root(settings), FOLDER, [*chosen, *refreshed], version or "none")
+        queued = box.add([task_entry(item, FOLDER, version) for item in chosen])
+        box.add([task_entry(item, FOLDER, version) for item in refreshed])  # open already
     summary = {
         "selected": len(chosen),
         "of which drifted": len(set(drifted) & {item.image_id for item in chosen}),
         "queued": queued,
+        "held back": prepared.held_back,
+        "open tasks": queue.open + queued,
         "open tasks to refresh": len(refreshed),
         "strategy": settings.labelling.strategy if champion else "cold start: k-means medoids",
         "model version": version or "none yet",
     }
+    if why := queue.why_held_back(prepared.held_back):
+        summary["why held back"] = why
+        get_run_logger().warning("handoff: %s", why)
     _table("handoff-selection", summary, "Images selected for annotation tonight")
     return summary
+
+
+def _open_in_studio(settings: Settings, studio: LabelStudio | None) -> dict[str, str | None] | None:
+    """Open tasks in the project (``image_id -> model version``); None without a studio."""
+    if studio is None:
+        return None
+    project = studio.find_project(settings.registered_model_name)
+    return studio.open_tasks(project) if project else {}
+
+
+def _open_queue(
+    settings: Settings,
+    snapshot: LakeSnapshot,
+    box: Outbox,
+    in_studio: dict[str, str | None] | None,
+) -> OpenQueue:
+    """Tasks open now; with Label Studio down (``in_studio`` None), every sent task whose
+    image has no label yet counts as open."""
+    queued, cap = box.pending_ids(), settings.labelling.max_open_tasks
+    if in_studio is not None:
+        return OpenQueue.count(cap, queued, set(in_studio), known=True)
+    unlabelled = box.sent_ids() - set(snapshot.label_sources())
+    return OpenQueue.count(cap, queued, unlabelled, known=False)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NONE)

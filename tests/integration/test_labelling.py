@@ -5,7 +5,12 @@ on a small landing trains a champion, scores the unlabelled pool and hands tasks
 Studio; simulated annotators answer them; label sync brings the labels into the lake; the
 next nightly retrains on them. Around it: idempotent imports (reruns, a retry after a
 partial import), an outage (tasks wait in the outbox and are sent on the next run), and
-disagreement (ties go to review, not training).
+disagreement (ties go to review, not training), a capped queue, a locked outbox, label
+batches that never collide, and class names that need XML escaping.
+
+Every test stands alone: ``loop`` gives it the module's lake and champion with no labelling
+project and an empty outbox, so it hands out the tasks it needs; tests that only need Label
+Studio make their own project and lake.
 """
 
 from __future__ import annotations
@@ -15,8 +20,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 import pyarrow.dataset as ds
@@ -31,7 +41,10 @@ from visionloop.flows.nightly import nightly
 from visionloop.flows.score import score
 from visionloop.ingest.landing import LandingSource
 from visionloop.labelling.client import VIEW_TITLE, LabelStudio, choice_result
+from visionloop.labelling.handoff import Outbox, send
 from visionloop.labelling.server import LabelStudioUnavailableError, start, token
+from visionloop.labelling.sync import read_cursor, run_sync
+from visionloop.lake import label_map
 from visionloop.parameters import (
     SAMPLE_DIR,
     HandoffParameters,
@@ -67,8 +80,8 @@ def _landing(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
-    """Settings, a running Label Studio, and a lake that went through one nightly."""
+def studio(tmp_path_factory: pytest.TempPathFactory):
+    """Settings and a running Label Studio (its first start runs migrations: minutes)."""
     root = tmp_path_factory.mktemp("labelling")
     settings = load_settings(
         data_home=root / "home",
@@ -82,16 +95,61 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     config = settings.save(root / "config")
     server = start(settings)
     try:
-        landing = _landing(root / "landing")
-        sources = [
-            LandingSource(path=str(landing / "labelled"), layout="imagefolder"),
-            LandingSource(path=str(landing / "unlabelled"), layout="unlabelled"),
-        ]
-        params = NightlyParameters(sources=sources, config=str(config))
-        first = nightly(params)
-        yield settings, config, params, first, server
+        yield settings, config, server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def world(studio, tmp_path_factory: pytest.TempPathFactory):
+    """Settings, the running Label Studio, and a lake that went through one nightly."""
+    settings, config, server = studio
+    landing = _landing(tmp_path_factory.mktemp("landing"))
+    sources = [
+        LandingSource(path=str(landing / "labelled"), layout="imagefolder"),
+        LandingSource(path=str(landing / "unlabelled"), layout="unlabelled"),
+    ]
+    params = NightlyParameters(sources=sources, config=str(config))
+    first = nightly(params)
+    return settings, config, params, first, server
+
+
+@pytest.fixture
+def loop(world):
+    """The module's lake and champion with no labelling project and an empty outbox."""
+    settings = world[0]
+    client = _client(settings)
+    if (project := client.find_project(settings.registered_model_name)) is not None:
+        client.sdk.projects.delete(id=project)
+    box = outbox(settings)
+    for path in (box.path, box.sent_file, box.project_file):
+        path.unlink(missing_ok=True)
+    return world
+
+
+@pytest.fixture
+def second_version(loop):
+    """Another registered version of the champion's model (as a re-registration or a
+    rollback leaves one): ``(champion, other)``; the champion alias is restored after."""
+    settings = loop[0]
+    client, name = Tracking.connect(settings).client, settings.registered_model_name
+    champion = Tracking.connect(settings).alias_version("champion")
+    found = client.get_model_version(name, champion)
+    other = client.create_model_version(name, found.source, found.run_id, tags=found.tags)
+    yield champion, str(other.version)
+    client.set_registered_model_alias(name, "champion", champion)
+
+
+def _handoff(config, budget: int) -> dict:
+    return handoff(HandoffParameters(config=str(config), budget=budget))
+
+
+def _config_with(settings, config, name: str, **labelling) -> str:
+    """A settings file like ``config`` with other labelling settings."""
+    changed = settings.model_copy(
+        update={"labelling": settings.labelling.model_copy(update=labelling)}
+    )
+    return str(changed.save(Path(config).parent.parent / name))
 
 
 def _client(settings) -> LabelStudio:
@@ -117,13 +175,15 @@ def _lake_table(settings, name: str):
     return ds.dataset(settings.lake_dir / name, format="parquet", partitioning="hive").to_table()
 
 
-def test_round_trip_select_annotate_sync_retrain(world) -> None:
-    settings, config, params, first, server = world
+def test_round_trip_select_annotate_sync_retrain(loop) -> None:
+    settings, config, params, first, server = loop
     champion = Tracking.connect(settings).alias_version("champion")
     assert first["handoff"]["sent"]["imported"] == BUDGET == first["handoff"]["queued"]["selected"]
+    assert _handoff(config, BUDGET)["sent"]["imported"] == BUDGET
     tasks = _tasks(settings)
     assert len(tasks) == BUDGET
-    predictions = _lake_table(settings, "predictions").to_pandas().set_index("image_id")
+    predictions = _lake_table(settings, "predictions").to_pandas()
+    predictions = predictions[predictions["model_version"] == champion].set_index("image_id")
     headers = {"Authorization": f"Token {token(settings)}"}
     for task in tasks:
         prediction = _prediction(task)
@@ -172,8 +232,9 @@ def test_round_trip_select_annotate_sync_retrain(world) -> None:
     assert tags["lineage.annotator_labels"] == tags["lineage.annotator_labels_since_champion"]
 
 
-def test_reruns_and_a_retry_after_a_partial_import_create_no_second_task(world) -> None:
-    settings, config, *_ = world
+def test_reruns_and_a_retry_after_a_partial_import_create_no_second_task(loop) -> None:
+    settings, config, *_ = loop
+    assert _handoff(config, BUDGET)["sent"]["imported"] == BUDGET
     before = _tasks(settings)
     rerun = handoff(HandoffParameters(config=str(config), budget=0))
     assert rerun["sent"]["imported"] == 0
@@ -191,18 +252,11 @@ def test_reruns_and_a_retry_after_a_partial_import_create_no_second_task(world) 
     assert client.find_project(settings.registered_model_name) == project
 
 
-def test_an_outage_keeps_tasks_in_the_outbox_until_the_next_run(world) -> None:
-    settings, config, *_ = world
-    down = settings.model_copy(
-        update={
-            "labelling": settings.labelling.model_copy(
-                update={"url": f"http://127.0.0.1:{_free_port()}"}
-            )
-        }
-    )
-    down_config = down.save(Path(config).parent.parent / "down-config")
+def test_an_outage_keeps_tasks_in_the_outbox_until_the_next_run(loop) -> None:
+    settings, config, *_ = loop
+    down_config = _config_with(settings, config, "down", url=f"http://127.0.0.1:{_free_port()}")
     with pytest.raises(LabelStudioUnavailableError, match="unreachable"):
-        handoff(HandoffParameters(config=str(down_config), budget=4))
+        _handoff(down_config, 4)
     waiting = outbox(settings).pending_ids()
     assert len(waiting) == 4
     back = handoff(HandoffParameters(config=str(config), budget=0))
@@ -211,12 +265,13 @@ def test_an_outage_keeps_tasks_in_the_outbox_until_the_next_run(world) -> None:
     assert waiting <= {task.data["image_id"] for task in _tasks(settings)}
 
 
-def test_a_new_champion_refreshes_every_open_task_and_pins_the_project(world) -> None:
-    settings, config, *_ = world
+def test_a_new_champion_refreshes_every_open_task_and_pins_the_project(
+    loop, second_version
+) -> None:
+    settings, config, *_ = loop
     tracking = Tracking.connect(settings)
-    before = tracking.alias_version("champion")
-    registered = tracking.client.search_model_versions(f"name='{settings.registered_model_name}'")
-    other = next(str(v.version) for v in registered if str(v.version) != before)
+    before, other = second_version
+    assert _handoff(config, BUDGET)["sent"]["imported"] == BUDGET  # made by ``before``
     # Another version becomes champion (as a promotion or a rollback leaves it) and scores
     # the lake, as the nightly does after a promotion.
     tracking.client.set_registered_model_alias(settings.registered_model_name, "champion", other)
@@ -272,9 +327,10 @@ return rows.length && rows.map(row => parseInt(row.innerText.trim().split(/\\s+/
 
 
 def test_an_annotator_sees_image_overlay_and_model_choice_in_a_list_sorted_by_score(
-    world,
+    loop,
 ) -> None:
-    settings, *_ = world
+    settings, config, *_ = loop
+    assert _handoff(config, BUDGET)["sent"]["imported"] == BUDGET
     client = _client(settings)
     project = client.find_project(settings.registered_model_name)
     (view,) = [v for v in client.sdk.views.list(project=project) if v.data["title"] == VIEW_TITLE]
@@ -303,8 +359,9 @@ def test_an_annotator_sees_image_overlay_and_model_choice_in_a_list_sorted_by_sc
         assert [box.get_attribute("name") for box in chosen] == predicted
 
 
-def test_disagreeing_annotators_send_the_task_to_review_not_training(world) -> None:
-    settings, config, *_ = world
+def test_disagreeing_annotators_send_the_task_to_review_not_training(loop) -> None:
+    settings, config, *_ = loop
+    assert _handoff(config, 2)["sent"]["imported"] == 2
     client = _client(settings)
     project = client.find_project(settings.registered_model_name)
     open_ids = client.open_tasks(project)
@@ -320,3 +377,160 @@ def test_disagreeing_annotators_send_the_task_to_review_not_training(world) -> N
     assert task.data["image_id"] not in set(
         events[events["label_source"] == "annotator"]["image_id"]
     )
+
+
+# ---------------------------------------------------------------- a project of our own
+
+
+def _project_with_tasks(
+    client: LabelStudio, title: str, classes: list[str], image_ids: list[str]
+) -> tuple[int, dict[str, int]]:
+    """A project made the way the hand-off makes one, with a task per image id."""
+    project = client.project(title, classes, overlay=False, storage=None)
+    client.import_tasks(project, [_synthetic(image_id) for image_id in image_ids])
+    tasks = client.sdk.tasks.list(project=project, fields="all", page_size=200)
+    return project, {task.data["image_id"]: int(task.id) for task in tasks}
+
+
+def _synthetic(image_id: str) -> dict:
+    return {"data": {"image": f"/data/local-files/?d=none/{image_id}.png", "image_id": image_id}}
+
+
+def _annotate(client: LabelStudio, task_id: int, label: str) -> None:
+    client.sdk.annotations.create(id=task_id, result=choice_result(label))
+
+
+def _lake_labels(settings) -> dict[str, str]:
+    events = _lake_table(settings, "label_events").to_pandas()
+    return dict(zip(events["image_id"], events["label"], strict=True))
+
+
+def test_two_syncs_committing_in_the_same_second_keep_every_annotation(
+    studio, tmp_path: Path
+) -> None:
+    settings, *_ = studio
+    client = _client(settings)
+    project, tasks = _project_with_tasks(client, "same second", ["bag", "trouser"], ["i1", "i2"])
+    lake = load_settings(data_home=tmp_path / "home")
+    now = datetime.now(UTC)  # both syncs stamp, and name, their batch with this second
+    _annotate(client, tasks["i1"], "bag")
+    first = run_sync(lake, client, project, now=now)
+    _annotate(client, tasks["i2"], "trouser")
+    second = run_sync(lake, client, project, now=now)
+    assert len(first.events) == len(second.events) == 1
+    assert first.batch_id != second.batch_id
+    assert _lake_labels(lake) == {"i1": "bag", "i2": "trouser"}
+    cursor = read_cursor(lake.labelling_dir / f"sync-cursor-project-{project}.json")
+    assert cursor == second.cursor and cursor > first.cursor
+    again = run_sync(lake, client, project)
+    assert again.events == [] and again.batch_id is None
+    assert _lake_labels(lake) == {"i1": "bag", "i2": "trouser"}
+
+
+def test_a_sync_whose_commit_fails_leaves_the_cursor_for_the_next_one(
+    studio, tmp_path: Path
+) -> None:
+    settings, *_ = studio
+    client = _client(settings)
+    project, tasks = _project_with_tasks(client, "failed commit", ["bag"], ["i1"])
+    lake = load_settings(data_home=tmp_path / "home")
+    cursor_file = lake.labelling_dir / f"sync-cursor-project-{project}.json"
+    _annotate(client, tasks["i1"], "bag")
+    lake.staging_dir.parent.mkdir(parents=True)
+    lake.staging_dir.write_text("not a folder")  # staging the batch fails
+    with pytest.raises(OSError):
+        run_sync(lake, client, project)
+    assert read_cursor(cursor_file) is None
+    lake.staging_dir.unlink()
+    assert len(run_sync(lake, client, project).events) == 1
+    assert _lake_labels(lake) == {"i1": "bag"} and read_cursor(cursor_file) is not None
+
+
+def test_class_names_needing_xml_escapes_work_in_label_studio_and_sync_back_exactly(
+    studio, tmp_path: Path
+) -> None:
+    settings, *_ = studio
+    client = _client(settings)
+    classes = ["a&b", "<b>", 'say "hi"', "plain"]
+    project, tasks = _project_with_tasks(client, "escaped classes", classes, ["i1", "i2", "i3"])
+    stored = ElementTree.fromstring(client.sdk.projects.get(id=project).label_config)
+    assert [choice.get("value") for choice in stored.iter("Choice")] == classes
+    assert client.project("escaped classes", classes, overlay=False, storage=None) == project
+    for image_id, label in zip(tasks, classes, strict=False):
+        _annotate(client, tasks[image_id], label)
+    lake = load_settings(data_home=tmp_path / "home")
+    assert len(run_sync(lake, client, project).events) == 3
+    assert _lake_labels(lake) == {"i1": "a&b", "i2": "<b>", "i3": 'say "hi"'}
+    assert set(classes[:3]) <= set(label_map.read(lake.lake_dir))
+
+
+def _keep_queueing(box: Outbox, started: threading.Event, stop: threading.Event) -> list[str]:
+    """Another run queueing tasks one by one until told to stop."""
+    queued: list[str] = []
+    while not stop.is_set():
+        queued.append(f"later-{len(queued)}")
+        box.add([_synthetic(queued[-1])])
+        if len(queued) == 5:
+            started.set()
+        time.sleep(0.005)
+    return queued
+
+
+def test_tasks_queued_during_a_send_are_neither_dropped_nor_sent_twice(
+    studio, tmp_path: Path
+) -> None:
+    settings, *_ = studio
+    client = _client(settings)
+    project = client.project("outbox race", ["bag"], overlay=False, storage=None)
+    box = Outbox(tmp_path / "outbox.json")
+    box.add([_synthetic(f"first-{n}") for n in range(40)])
+    started, stop = threading.Event(), threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        queueing = pool.submit(_keep_queueing, box, started, stop)
+        assert started.wait(30)
+        try:
+            send(client, project, box)  # while the other run queues
+        finally:
+            stop.set()
+        later = queueing.result()
+    wanted = {f"first-{n}" for n in range(40)} | set(later)
+    in_studio = Counter(t.data["image_id"] for t in client.sdk.tasks.list(project=project))
+    assert max(in_studio.values()) == 1
+    assert set(in_studio) | box.pending_ids() == wanted  # sent, or still waiting
+    send(client, project, box)
+    in_studio = Counter(t.data["image_id"] for t in client.sdk.tasks.list(project=project))
+    assert set(in_studio) == wanted and max(in_studio.values()) == 1 and not box.pending()
+
+
+# ---------------------------------------------------------------- the capped queue
+
+
+def test_the_open_queue_stops_at_its_cap_and_says_what_it_held_back(loop) -> None:
+    settings, config, *_ = loop
+    capped = _config_with(settings, config, "capped", max_open_tasks=8)
+    first = _handoff(capped, 6)["queued"]
+    assert (first["queued"], first["held back"]) == (6, 0) and "why held back" not in first
+    second = _handoff(capped, 6)
+    assert (second["queued"]["queued"], second["queued"]["held back"]) == (2, 4)
+    assert second["sent"]["imported"] == 2
+    why = second["queued"]["why held back"]
+    assert "4 held back" in why and "6 open in Label Studio" in why and "is 8" in why
+    full = _handoff(capped, 6)
+    assert (full["queued"]["queued"], full["queued"]["held back"]) == (0, 6)
+    assert full["sent"]["imported"] == 0
+
+    # Label Studio down: the tasks it holds still count, so the outbox does not grow.
+    down = _config_with(
+        settings, config, "capped-down", max_open_tasks=8, url=f"http://127.0.0.1:{_free_port()}"
+    )
+    with pytest.raises(LabelStudioUnavailableError, match="unreachable"):
+        _handoff(down, 6)
+    assert not outbox(settings).pending()
+
+    # An annotated task is no longer open: room for one more.
+    client = _client(settings)
+    project = client.find_project(settings.registered_model_name)
+    task = next(t for t in _tasks(settings) if t.data["image_id"] in client.open_tasks(project))
+    _annotate(client, int(task.id), "bag")
+    after = _handoff(capped, 6)["queued"]
+    assert (after["queued"], after["held back"], after["open tasks"]) == (1, 5, 8)

@@ -1,19 +1,30 @@
-"""The files handed to Label Studio: what it is given is what it can show."""
+"""The hand-off: files Label Studio can show, escaped class names, a capped, locked outbox."""
 
 from __future__ import annotations
 
 import io
+import multiprocessing
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from visionloop.labelling.client import labelling_config
 from visionloop.labelling.handoff import (
     LABEL_STUDIO_MIN_IMAGE_BYTES,
+    OpenQueue,
+    Outbox,
     Selected,
     choices,
     servable,
     task,
 )
+from visionloop.locks import LockBusyError
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -53,3 +64,95 @@ def test_classes_the_data_team_adds_join_the_models_choices_in_order() -> None:
     model = ["t-shirt", "trouser"]
     assert choices(model, None) == model
     assert choices(model, ["trouser", "scarf", "t-shirt", "hat"]) == [*model, "scarf", "hat"]
+
+
+def _entry(image_id: str) -> dict:
+    return {"data": {"image": f"/data/local-files/?d=x/{image_id}.png", "image_id": image_id}}
+
+
+def _queue_many(path: str, writer: int, count: int, start: float) -> list[str]:
+    """One writer process: queue ``count`` tasks one by one (as a handoff run would)."""
+    while time.time() < start:  # both writers begin together
+        time.sleep(0.001)
+    box = Outbox(Path(path))
+    ids = [f"w{writer}-{n}" for n in range(count)]
+    for image_id in ids:
+        box.add([_entry(image_id)])
+    return ids
+
+
+def test_two_processes_queueing_at_once_drop_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.json"
+    start = time.time() + 1.0
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        runs = [pool.submit(_queue_many, str(path), writer, 150, start) for writer in (1, 2)]
+        written = {image_id for run in runs for image_id in run.result()}
+    assert Outbox(path).pending_ids() == written and len(written) == 300
+
+
+def _remove_sent_repeatedly(path: str, start: float, stop: float) -> int:
+    """A send: take what is queued as sent, then remove it, until ``stop``."""
+    while time.time() < start:
+        time.sleep(0.001)
+    box, removed = Outbox(Path(path)), 0
+    while time.time() < stop:
+        with box.locked("send"):
+            sent = box.pending_ids()
+            box.mark_sent(sent)
+            box.remove(sent)
+        removed += len(sent)
+    return removed
+
+
+def test_tasks_queued_while_a_send_empties_the_outbox_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.json"
+    start = time.time() + 1.0
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        sender = pool.submit(_remove_sent_repeatedly, str(path), start, start + 2.0)
+        queued = set(pool.submit(_queue_many, str(path), 1, 300, start).result())
+        sender.result()
+    box = Outbox(path)
+    assert box.pending_ids() | box.sent_ids() == queued  # each one sent or still waiting
+    assert not box.pending_ids() & box.sent_ids()
+
+
+def test_the_outbox_lock_names_its_holder_when_a_wait_runs_out(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.json"
+    with Outbox(path).locked("a long send"):
+        with pytest.raises(LockBusyError, match="a long send"):
+            _in_other_thread(lambda: Outbox(path, lock_timeout_s=0.2).add([_entry("x")]))
+        Outbox(path).add([_entry("y")])  # the holder's own thread re-enters
+    assert Outbox(path).pending_ids() == {"y"}
+
+
+def _in_other_thread(work) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # re-raised in the test's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def test_the_open_queue_is_capped_and_says_why() -> None:
+    queue = OpenQueue.count(10, {"a", "b", "c"}, {"c", "d", "e", "f"}, known=True)
+    assert (queue.open, queue.room) == (6, 4)
+    assert queue.why_held_back(0) == ""
+    why = queue.why_held_back(8)
+    assert "8 held back" in why and "6 tasks are open" in why and "max_open_tasks is 10" in why
+    assert OpenQueue.count(2, {"a", "b", "c"}, set(), known=False).room == 0
+
+
+def test_class_names_are_escaped_in_the_labelling_config() -> None:
+    names = ["a&b", "<b>", 'say "hi"', "it's", "plain"]
+    config = ElementTree.fromstring(labelling_config(names, overlay=True))
+    assert [choice.get("value") for choice in config.iter("Choice")] == names

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from visionloop.labelling.client import Annotation, Task
 from visionloop.labelling.sync import DISAGREES, LOW_AGREEMENT, SKIPPED, TIE, collect, decide
+from visionloop.lake.batch_ids import new_batch_id
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -54,3 +55,11 @@ def test_a_rerun_records_nothing_twice_and_an_edit_is_a_new_event() -> None:
     edited = collect([_task("cat", edited=5)], known, 0.5, 0.9, NOW, again.cursor)
     assert [event["label"] for event in edited.events] == ["cat"]
     assert edited.events[0]["event_id"] != first.events[0]["event_id"]
+
+
+def test_batches_started_in_the_same_second_get_distinct_sortable_ids() -> None:
+    ids = {new_batch_id("labels", NOW) for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(batch.startswith("20261127T000000Z-labels-") for batch in ids)
+    later = new_batch_id("labels", NOW + timedelta(seconds=1))
+    assert max(ids) < later and new_batch_id(now=NOW).count("-") == 1

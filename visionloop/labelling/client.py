@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 from visionloop.labelling.server import LabelStudioUnavailableError, local_url, token
 from visionloop.settings import Settings
@@ -23,8 +24,12 @@ VIEW_TITLE = "Most uncertain first"
 
 
 def labelling_config(classes: Sequence[str], overlay: bool) -> str:
-    """The image, its Grad-CAM overlay, and one choice per class (single choice)."""
-    choices = "\n".join(f'    <Choice value="{name}"/>' for name in classes)
+    """The image, its Grad-CAM overlay, and one choice per class (single choice).
+
+    Class names come from landing folder names: each is XML-escaped (``a&b``, ``<b>``,
+    quotes), so Label Studio shows and returns it exactly.
+    """
+    choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in classes)
     second = f'\n    <Image name="{OVERLAY}" value="${OVERLAY}"/>' if overlay else ""
     return f"""<View>
   <Header value="$image_id" size="6"/>

@@ -8,7 +8,9 @@ already have a task (Label Studio does not deduplicate imports), imports only th
 and keeps whatever could not be sent for the next run. Open tasks an earlier champion handed
 out get tonight's champion's guess and overlay (:func:`refresh`), so the whole queue is
 scored, sorted and pre-selected by one model. Without a Label Studio the outbox is the
-ready-to-import task file.
+ready-to-import task file. The open queue is capped (``labelling.max_open_tasks``,
+:class:`OpenQueue`): with nobody annotating, a night queues only what fits and says how many
+it held back.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from visionloop import locks
 from visionloop.labelling.client import LabelStudio, choice_result
 from visionloop.labelling.overlay import overlays
 from visionloop.labelling.pool import build_pool
@@ -116,12 +121,38 @@ def choices(model_classes: Sequence[str], configured: Sequence[str] | None) -> l
 
 class Outbox:
     """Tasks waiting to be imported (one JSON file, replaced atomically), and the project
-    they are for (title, classes, overlay view)."""
+    they are for (title, classes, overlay view).
 
-    def __init__(self, path: Path) -> None:
+    Every change is a read-modify-write under an ``flock`` on ``outbox.lock`` (see
+    :meth:`locked`), so a ``handoff`` run overlapping the nightly drops nothing; reads see
+    a whole file.
+    """
+
+    def __init__(self, path: Path, lock_timeout_s: float = 3600) -> None:
         self.path = path
         self.project_file = path.with_name(f"{path.stem}-project.json")
         self.sent_file = path.with_name(f"{path.stem}-sent.json")
+        self.lock_file = path.with_name(f"{path.stem}.lock")
+        self.lock_timeout_s = lock_timeout_s
+
+    @contextmanager
+    def locked(self, what: str) -> Iterator[None]:
+        """Be the outbox's only writer for the block (re-entrant within one thread).
+
+        Waits up to ``lock_timeout_s`` for another holder, then fails naming it.
+        """
+        held = _held_locks()
+        key = str(self.lock_file.absolute())
+        if key in held:
+            yield
+            return
+        holder = f"labelling outbox: {what}"
+        with locks.exclusive(self.lock_file, holder, timeout_s=self.lock_timeout_s):
+            held.add(key)
+            try:
+                yield
+            finally:
+                held.discard(key)
 
     def sent_ids(self) -> set[str]:
         """Images whose task is in Label Studio (so they are not selected again, even while
@@ -129,9 +160,8 @@ class Outbox:
         return set(json.loads(self.sent_file.read_text())) if self.sent_file.exists() else set()
 
     def mark_sent(self, image_ids: set[str]) -> None:
-        temporary = self.sent_file.with_suffix(".tmp")
-        temporary.write_text(json.dumps(sorted(self.sent_ids() | image_ids)))
-        os.replace(temporary, self.sent_file)
+        with self.locked("mark tasks sent"):
+            _replace(self.sent_file, json.dumps(sorted(self.sent_ids() | image_ids)))
 
     def pending(self) -> list[dict[str, Any]]:
         return json.loads(self.path.read_text()) if self.path.exists() else []
@@ -139,14 +169,14 @@ class Outbox:
     def set_project(
         self, title: str, classes: Sequence[str], overlay: bool, model_version: str | None
     ) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         spec = {
             "title": title,
             "classes": list(classes),
             "overlay": overlay,
             "model_version": model_version,
         }
-        self.project_file.write_text(json.dumps(spec))
+        with self.locked("set the project"):
+            _replace(self.project_file, json.dumps(spec))
 
     def project(self) -> dict[str, Any] | None:
         return json.loads(self.project_file.read_text()) if self.project_file.exists() else None
@@ -156,20 +186,71 @@ class Outbox:
 
     def add(self, tasks: Sequence[Mapping[str, Any]]) -> int:
         """Queue tasks for images not queued yet; how many were added."""
-        queued = self.pending()
-        known = {entry["data"]["image_id"] for entry in queued}
-        new = [dict(entry) for entry in tasks if entry["data"]["image_id"] not in known]
-        self._write(queued + new)
+        with self.locked("queue tasks"):
+            queued = self.pending()
+            known = {_image_id(entry) for entry in queued}
+            new = [dict(entry) for entry in tasks if _image_id(entry) not in known]
+            self._write(queued + new)
         return len(new)
 
-    def keep_only(self, image_ids: set[str]) -> None:
-        self._write([entry for entry in self.pending() if entry["data"]["image_id"] in image_ids])
+    def remove(self, image_ids: set[str]) -> None:
+        """Drop the tasks of ``image_ids`` (sent ones); tasks queued meanwhile stay."""
+        with self.locked("remove sent tasks"):
+            self._write([entry for entry in self.pending() if _image_id(entry) not in image_ids])
 
     def _write(self, tasks: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(tasks, indent=1))
-        os.replace(temporary, self.path)
+        _replace(self.path, json.dumps(tasks, indent=1))
+
+
+_LOCAL = threading.local()
+
+
+def _held_locks() -> set[str]:
+    """The outbox locks this thread holds (flock is not re-entrant across descriptors)."""
+    if not hasattr(_LOCAL, "held"):
+        _LOCAL.held = set()
+    return _LOCAL.held
+
+
+def _replace(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class OpenQueue:
+    """Tasks open now (queued in the outbox, or in Label Studio and not yet annotated)
+    against ``labelling.max_open_tasks``."""
+
+    cap: int
+    queued: int  # in the outbox
+    in_studio: int  # open in Label Studio and not queued again
+    known: bool = True  # False: Label Studio down, its open tasks estimated from the sent ones
+
+    @classmethod
+    def count(cls, cap: int, queued: set[str], in_studio: set[str], known: bool) -> OpenQueue:
+        return cls(cap, len(queued), len(in_studio - queued), known)
+
+    @property
+    def open(self) -> int:
+        return self.queued + self.in_studio
+
+    @property
+    def room(self) -> int:
+        return max(self.cap - self.open, 0)
+
+    def why_held_back(self, held_back: int) -> str:
+        """Why ``held_back`` selected images were not queued ("" when none were)."""
+        if not held_back:
+            return ""
+        where = "open in Label Studio" if self.known else "sent and not labelled yet"
+        return (
+            f"{held_back} held back: {self.open} tasks are open ({self.queued} queued in the "
+            f"outbox, {self.in_studio} {where}), labelling.max_open_tasks is {self.cap}; "
+            "they are queued once annotators work the queue down (or raise the cap)"
+        )
 
 
 @dataclass(frozen=True)
@@ -181,29 +262,34 @@ class Sent:
 
 def send(client: LabelStudio, project: int, outbox: Outbox) -> Sent:
     """Import the outbox's tasks that have no task yet, give open tasks from an earlier
-    champion the newer guess, pin the project to the champion's version, empty the outbox.
+    champion the newer guess, pin the project to the champion's version, and take the sent
+    tasks out of the outbox.
 
-    A failure leaves the outbox as it was; the next call asks again which tasks exist.
+    Holds the outbox throughout, so two sends never import one task twice and nothing
+    queued meanwhile is dropped. A failure leaves the outbox as it was; the next call asks
+    again which tasks exist.
     """
-    queued = outbox.pending()
-    existing = client.existing_tasks(project, [_image_id(entry) for entry in queued])
-    missing = [entry for entry in queued if _image_id(entry) not in existing]
-    stale = [
-        (found.id, entry)
-        for entry in queued
-        if (found := existing.get(_image_id(entry))) is not None
-        and found.open
-        and _entry_version(entry) not in (None, found.model_version)
-    ]
-    client.import_tasks(project, missing)
-    for task_id, entry in stale:
-        client.refresh_task(task_id, entry)
-    version = (outbox.project() or {}).get("model_version")
-    written = [*missing, *(entry for _, entry in stale)]
-    if version is not None and any(_entry_version(entry) == version for entry in written):
-        client.use_model_version(project, version)  # Label Studio accepts only a version it has
-    outbox.mark_sent({_image_id(entry) for entry in queued})
-    outbox.keep_only(set())
+    with outbox.locked("send to Label Studio"):
+        queued = outbox.pending()
+        existing = client.existing_tasks(project, [_image_id(entry) for entry in queued])
+        missing = [entry for entry in queued if _image_id(entry) not in existing]
+        stale = [
+            (found.id, entry)
+            for entry in queued
+            if (found := existing.get(_image_id(entry))) is not None
+            and found.open
+            and _entry_version(entry) not in (None, found.model_version)
+        ]
+        client.import_tasks(project, missing)
+        for task_id, entry in stale:
+            client.refresh_task(task_id, entry)
+        version = (outbox.project() or {}).get("model_version")
+        written = [*missing, *(entry for _, entry in stale)]
+        if version is not None and any(_entry_version(entry) == version for entry in written):
+            client.use_model_version(project, version)  # Label Studio accepts only a version it has
+        sent = {_image_id(entry) for entry in queued}
+        outbox.mark_sent(sent)
+        outbox.remove(sent)
     return Sent(len(missing), len(stale), len(queued) - len(missing) - len(stale))
 
 
@@ -216,6 +302,14 @@ def _entry_version(entry: Mapping[str, Any]) -> str | None:
     return predictions[0].get("model_version")
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """Tonight's images, and how many more were selected than the open-task cap let in."""
+
+    selected: list[Selected]
+    held_back: int = 0
+
+
 def prepare(
     snapshot: LakeSnapshot,
     embedder_version: str,
@@ -223,17 +317,21 @@ def prepare(
     taken: set[str],
     drifted: Sequence[str],
     settings: LabellingSettings,
-) -> list[Selected]:
-    """Tonight's images: selected from the pool, with the champion's guess and overlay."""
+    room: int | None = None,
+) -> Prepared:
+    """Tonight's images: selected from the pool, with the champion's guess and overlay;
+    only the first ``room`` (the most useful) when the open queue is near its cap."""
     version, classifier = champion if champion else (None, None)
     pool = build_pool(snapshot, embedder_version, version, taken, drifted)
     chosen = select(pool, settings.budget, settings.strategy, settings.seed)
+    kept = chosen if room is None else chosen[:room]
     probabilities = (
         {}
         if pool.probabilities is None
         else {image_id: pool.probabilities[i] for i, image_id in enumerate(pool.ids)}
     )
-    return _described(snapshot, classifier, chosen, probabilities, settings.overlay)
+    described = _described(snapshot, classifier, kept, probabilities, settings.overlay)
+    return Prepared(described, len(chosen) - len(kept))
 
 
 def refresh(
@@ -262,12 +360,8 @@ def _described(
     """``image_ids`` with their stored bytes, the model's guess and its Grad-CAM overlay."""
     if not image_ids:
         return []  # without reading the images table
-    wanted, stored = set(image_ids), {}
-    for part in snapshot.row_groups(["image_id", "image"]):
-        for row in part.table.to_pylist():
-            if row["image_id"] in wanted:
-                stored[row["image_id"]] = row["image"]
-    pictures = [stored[image_id] for image_id in image_ids]
+    stored = snapshot.lookup(image_ids, ["image"])
+    pictures = [stored[image_id]["image"] for image_id in image_ids]
     heat = overlays(classifier, pictures) if classifier and overlay else []
     described = []
     for number, (image_id, picture) in enumerate(zip(image_ids, pictures, strict=True)):

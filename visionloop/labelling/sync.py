@@ -11,6 +11,7 @@ image's label, so the edit wins, and a rerun recognises events it already record
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from visionloop.labelling.client import LabelStudio, Task
 from visionloop.lake import commit as lake
+from visionloop.lake.batch_ids import new_batch_id
 from visionloop.lake.contract import LABEL_REVIEWS_SCHEMA
 from visionloop.lake.label_events import ANNOTATOR, event_id, events_table
 from visionloop.lake.snapshot import list_table, row_groups
@@ -103,6 +105,7 @@ class SyncResult:
     tasks_read: int = 0
     already_recorded: int = 0
     cursor: datetime | None = None
+    batch_id: str | None = None  # the committed label batch, if there was anything new
 
     def counts(self) -> dict[str, int]:
         reasons = Counter(review["reason"] for review in self.reviews)
@@ -162,31 +165,61 @@ def known_records(lake_dir: Path) -> set[str]:
     return known
 
 
-def run_sync(settings: Settings, studio: LabelStudio, project: int) -> SyncResult:
-    """Read tasks changed since the cursor, commit new events and reviews, move the cursor."""
+def run_sync(
+    settings: Settings, studio: LabelStudio, project: int, now: datetime | None = None
+) -> SyncResult:
+    """Read tasks changed since the cursor, commit new events and reviews, move the cursor.
+
+    The cursor is read and moved under the lake's writer lock, and only once the batch is
+    committed: a sync that fails leaves it where it was, so the next one reads those
+    annotations again. ``now`` (default: the current time) stamps the records.
+    """
     cursor_file = settings.labelling_dir / f"sync-cursor-project-{project}.json"
-    cursor = None
-    if cursor_file.exists():
-        cursor = datetime.fromisoformat(json.loads(cursor_file.read_text())["updated_at"])
+    now = now or datetime.now(UTC)
     labelling = settings.labelling
     with lake.writer(settings, "label sync"):
+        cursor = read_cursor(cursor_file)
         result = collect(
             studio.changed_tasks(project, cursor - OVERLAP if cursor else None),
             known_records(settings.lake_dir),
             labelling.min_agreement,
             labelling.confident,
-            datetime.now(UTC),
+            now,
             cursor,
         )
-        tables = result.tables()
-        if tables:
-            batch_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-labels"
-            staging = lake.stage(settings, batch_id)
-            for name, table in tables.items():
-                staging.table(name).mkdir()
-                pq.write_table(table, staging.table(name) / "part-00000.parquet")
-            lake.commit(settings, batch_id, {"batch_id": batch_id, **result.counts()})
-    if result.cursor is not None:
-        cursor_file.parent.mkdir(parents=True, exist_ok=True)
-        cursor_file.write_text(json.dumps({"updated_at": result.cursor.isoformat()}))
+        if tables := result.tables():
+            result.batch_id = commit_tables(settings, tables, result.counts(), now)
+        if result.cursor is not None and result.cursor != cursor:
+            write_cursor(cursor_file, result.cursor)
     return result
+
+
+def commit_tables(
+    settings: Settings, tables: dict[str, pa.Table], counts: dict[str, int], now: datetime
+) -> str:
+    """Stage and commit one label batch under a fresh batch id; returns the id."""
+    batch_id = new_batch_id("labels", now)
+    taken = [name for name in tables if lake.partition_dir(settings, name, batch_id).exists()]
+    if taken:  # a commit would skip these partitions: the labels would be lost
+        raise FileExistsError(f"label batch {batch_id} is already in the lake ({taken})")
+    staging = lake.stage(settings, batch_id)
+    for name, table in tables.items():
+        staging.table(name).mkdir()
+        pq.write_table(table, staging.table(name) / "part-00000.parquet")
+    lake.commit(settings, batch_id, {"batch_id": batch_id, **counts})
+    return batch_id
+
+
+def read_cursor(path: Path) -> datetime | None:
+    """The ``updated_at`` up to which a project's tasks were synced (None: never)."""
+    if not path.exists():
+        return None
+    return datetime.fromisoformat(json.loads(path.read_text())["updated_at"])
+
+
+def write_cursor(path: Path, cursor: datetime) -> None:
+    """Replace the cursor file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"updated_at": cursor.isoformat()}))
+    os.replace(temporary, path)
