@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from visionloop.labelling.client import Annotation, Task
-from visionloop.labelling.sync import DISAGREES, LOW_AGREEMENT, SKIPPED, TIE, collect, decide
+from visionloop.labelling.sync import DISAGREES, LOW_AGREEMENT, SKIPPED, TIE, collect, task_outcome
 from visionloop.lake.batch_ids import new_batch_id
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
@@ -29,21 +29,23 @@ def _task(*labels: str | None, predicted: str = "cat", confidence: float = 0.5, 
 
 
 def test_one_annotation_or_a_clear_majority_is_a_label_event() -> None:
-    single = decide(_task("dog"), 0.5, 0.9, NOW).event
+    single = task_outcome(_task("dog"), 0.5, 0.9, NOW).event
     assert single["label"] == "dog" and single["label_source"] == "annotator"
     assert (single["task_id"], single["annotation_id"]) == (1, 10)
-    majority = decide(_task("dog", "dog", "cat"), 0.5, 0.9, NOW).event
+    majority = task_outcome(_task("dog", "dog", "cat"), 0.5, 0.9, NOW).event
     assert majority["label"] == "dog" and majority["annotator"] == "a0@x,a1@x"
 
 
 def test_skips_ties_weak_agreement_and_confident_disagreement_are_reviewed() -> None:
-    assert decide(_task(None), 0.5, 0.9, NOW).review["reason"] == SKIPPED
-    assert decide(_task("dog", "cat"), 0.5, 0.9, NOW).review["reason"] == TIE
-    weak = decide(_task("dog", "dog", "cat", "bird"), 0.5, 0.9, NOW)  # 2 of 4: not more than half
+    assert task_outcome(_task(None), 0.5, 0.9, NOW).review["reason"] == SKIPPED
+    assert task_outcome(_task("dog", "cat"), 0.5, 0.9, NOW).review["reason"] == TIE
+    weak = task_outcome(
+        _task("dog", "dog", "cat", "bird"), 0.5, 0.9, NOW
+    )  # 2 of 4: not more than half
     assert weak.review["reason"] == LOW_AGREEMENT
-    confident = decide(_task("dog", predicted="cat", confidence=0.95), 0.5, 0.9, NOW)
+    confident = task_outcome(_task("dog", predicted="cat", confidence=0.95), 0.5, 0.9, NOW)
     assert confident.review["reason"] == DISAGREES and confident.event is None
-    assert decide(Task(1, "img", NOW, [], None, None), 0.5, 0.9, NOW).event is None
+    assert task_outcome(Task(1, "img", NOW, [], None, None), 0.5, 0.9, NOW).event is None
 
 
 def test_a_rerun_records_nothing_twice_and_an_edit_is_a_new_event() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from visionloop.registry.promotion import Decision, decide
+from visionloop.registry.promotion import Decision, promotion_decision
 from visionloop.registry.significance import (
     PairingError,
     confusions,
@@ -47,7 +47,7 @@ CHAMPION = _evaluation(TRUE, _model(TRUE, CHAMPION_WRONG))
 def test_a_challenger_one_image_better_is_not_promoted() -> None:
     challenger = _evaluation(TRUE, _model(TRUE, CHAMPION_WRONG - {0}))
     assert challenger.report.macro_f1 > CHAMPION.report.macro_f1  # today's rule promoted it
-    decision = decide(challenger, CHAMPION, POLICY)
+    decision = promotion_decision(challenger, CHAMPION, POLICY)
     assert not decision.promoted
     assert "does not beat it significantly" in decision.reason
     low, high = decision.numbers["delta_ci"]
@@ -58,13 +58,13 @@ def test_a_challenger_one_image_better_is_not_promoted() -> None:
 def test_a_flapping_challenger_better_on_some_worse_on_others_is_not_promoted() -> None:
     # Fixes 12 of the champion's errors, makes 9 new ones: +3 images, noise.
     wrong = (CHAMPION_WRONG - set(range(6)) - set(range(100, 106))) | set(range(40, 49))
-    decision = decide(_evaluation(TRUE, _model(TRUE, wrong)), CHAMPION, POLICY)
+    decision = promotion_decision(_evaluation(TRUE, _model(TRUE, wrong)), CHAMPION, POLICY)
     assert not decision.promoted and decision.numbers["delta"] > 0
 
 
 def test_a_clearly_better_challenger_is_promoted() -> None:
     wrong = set(range(5)) | set(range(100, 104)) | {60, 150}  # 11 errors, 2 of them new
-    decision = decide(_evaluation(TRUE, _model(TRUE, wrong)), CHAMPION, POLICY)
+    decision = promotion_decision(_evaluation(TRUE, _model(TRUE, wrong)), CHAMPION, POLICY)
     assert decision.promoted, decision.reason
     numbers = decision.numbers
     assert numbers["delta"] == pytest.approx(0.945 - 0.8, abs=1e-3)
@@ -85,11 +85,11 @@ def test_a_clearly_better_challenger_is_promoted() -> None:
 def test_min_improvement_is_a_bar_for_the_whole_interval() -> None:
     wrong = set(range(5)) | set(range(100, 104)) | {60, 150}
     challenger = _evaluation(TRUE, _model(TRUE, wrong))
-    low = decide(challenger, CHAMPION, POLICY).numbers["delta_ci"][0]
+    low = promotion_decision(challenger, CHAMPION, POLICY).numbers["delta_ci"][0]
     below = POLICY.model_copy(update={"min_improvement": low - 0.01})
     above = POLICY.model_copy(update={"min_improvement": low + 0.01})
-    assert decide(challenger, CHAMPION, below).promoted
-    assert not decide(challenger, CHAMPION, above).promoted
+    assert promotion_decision(challenger, CHAMPION, below).promoted
+    assert not promotion_decision(challenger, CHAMPION, above).promoted
 
 
 def test_the_interval_is_deterministic_with_the_seed_and_pairs_by_image_id() -> None:
@@ -139,17 +139,17 @@ def test_resampled_macro_f1_is_sklearns_on_the_resample() -> None:
 def test_predictions_of_other_images_cannot_be_paired() -> None:
     other = _evaluation(TRUE, TRUE, ids=[f"other-{i}" for i in range(200)])
     with pytest.raises(PairingError, match="200 only in the challenger's"):
-        decide(other, CHAMPION, POLICY)
+        promotion_decision(other, CHAMPION, POLICY)
     relabelled = _evaluation(["dog", *TRUE[1:]], TRUE)
     with pytest.raises(PairingError, match="1 images have different true labels"):
-        decide(relabelled, CHAMPION, POLICY)
+        promotion_decision(relabelled, CHAMPION, POLICY)
 
 
 def test_rejects_when_a_class_recall_drops_too_much() -> None:
     # Champion: cat recall 0.9, dog 0.7. Challenger: cat 0.8, dog 0.99: better, but cat drops.
     champion = _evaluation(TRUE, _model(TRUE, set(range(10)) | set(range(100, 130))))
     challenger = _evaluation(TRUE, _model(TRUE, set(range(20)) | {100}))
-    decision = decide(challenger, champion, POLICY)
+    decision = promotion_decision(challenger, champion, POLICY)
     assert not decision.promoted and decision.numbers["metric_passed"]
     assert "recall drops beyond" in decision.reason and "cat" in decision.reason
     assert decision.numbers["recall_drops_over_limit"] == {"cat": pytest.approx(0.1)}
@@ -157,11 +157,11 @@ def test_rejects_when_a_class_recall_drops_too_much() -> None:
     assert failed == ["recall[cat] drop <= max_recall_drop"]
     # a drop exactly at the tolerance passes
     at_limit = _evaluation(TRUE, _model(TRUE, set(range(15)) | {100}))
-    assert decide(at_limit, champion, POLICY).promoted
+    assert promotion_decision(at_limit, champion, POLICY).promoted
 
 
 def test_first_model_against_the_floor() -> None:
-    above = decide(_evaluation(TRUE, _model(TRUE, set(range(0, 200, 3)))), None, POLICY)
+    above = promotion_decision(_evaluation(TRUE, _model(TRUE, set(range(0, 200, 3)))), None, POLICY)
     assert above.promoted and "first model" in above.reason
     assert above.numbers == {
         "metric": "macro_f1",
@@ -179,16 +179,18 @@ def test_first_model_against_the_floor() -> None:
             "passed": True,
         }
     ]
-    below = decide(_evaluation(TRUE, _model(TRUE, set(range(120)))), None, POLICY)
+    below = promotion_decision(_evaluation(TRUE, _model(TRUE, set(range(120)))), None, POLICY)
     assert not below.promoted and "below the floor" in below.reason
-    at_floor = decide(_evaluation(TRUE, _model(TRUE, set(range(0, 200, 2)))), None, POLICY)
+    at_floor = promotion_decision(
+        _evaluation(TRUE, _model(TRUE, set(range(0, 200, 2)))), None, POLICY
+    )
     assert at_floor.promoted and at_floor.numbers["challenger"] == 0.5
 
 
 def test_accuracy_as_primary_metric() -> None:
     policy = POLICY.model_copy(update={"primary_metric": "accuracy"})
     wrong = set(range(5)) | set(range(100, 104))
-    decision = decide(_evaluation(TRUE, _model(TRUE, wrong)), CHAMPION, policy)
+    decision = promotion_decision(_evaluation(TRUE, _model(TRUE, wrong)), CHAMPION, policy)
     assert decision.promoted and decision.numbers["metric"] == "accuracy"
     assert decision.numbers["delta"] == pytest.approx((40 - 9) / 200)
 
@@ -196,12 +198,12 @@ def test_accuracy_as_primary_metric() -> None:
 def test_unknown_metric_is_a_clear_error() -> None:
     policy = POLICY.model_copy(update={"primary_metric": "auc"})
     with pytest.raises(ValueError, match="unsupported primary_metric 'auc'"):
-        decide(CHAMPION, None, policy)
+        promotion_decision(CHAMPION, None, policy)
 
 
 def test_decision_is_plain_data_that_replays_from_its_tag() -> None:
     challenger = _evaluation(TRUE, _model(TRUE, set(range(3))))
-    decision = decide(challenger, CHAMPION, POLICY)
+    decision = promotion_decision(challenger, CHAMPION, POLICY)
     assert isinstance(decision, Decision)
     assert decision.to_dict()["promoted"] is True
     replayed = Decision(

@@ -1,6 +1,6 @@
 """Annotations back into the lake: agreed labels become label events, the rest is reviewed.
 
-:func:`decide` is pure. A task's label is the majority of its (not cancelled) annotations
+:func:`task_outcome` is pure. A task's label is the majority of its (not cancelled) annotations
 when that majority holds more than ``labelling.min_agreement`` of the votes; a tie, too
 little agreement, or an agreed label against a prediction at least ``labelling.confident``
 sure goes to the review table instead, and so do skipped tasks. An edited annotation makes
@@ -46,7 +46,7 @@ class Outcome:
     review: dict[str, Any] | None = None
 
 
-def decide(task: Task, min_agreement: float, confident: float, now: datetime) -> Outcome:
+def task_outcome(task: Task, min_agreement: float, confident: float, now: datetime) -> Outcome:
     """The label event or review of one task (an empty Outcome: nothing annotated yet)."""
     votes = [a for a in task.annotations if not a.cancelled and a.label]
     if not task.annotations:
@@ -138,7 +138,7 @@ def collect(
     for task in tasks:
         result.tasks_read += 1
         result.cursor = max(result.cursor or task.updated_at, task.updated_at)
-        outcome = decide(task, min_agreement, confident, now)
+        outcome = task_outcome(task, min_agreement, confident, now)
         record = outcome.event or outcome.review
         if record is None:
             continue

@@ -1,6 +1,6 @@
 """The champion/challenger gate, alias moves, and rollback.
 
-:func:`decide` is pure: two :class:`Evaluation` on the same frozen test split and the
+:func:`promotion_decision` is pure: two :class:`Evaluation` on the same frozen test split and the
 policy in, a :class:`Decision` out. A challenger wins only on a significant gain: the
 paired bootstrap interval of the primary metric's delta
 (:func:`~visionloop.registry.significance.paired_bootstrap`) must lie above
@@ -162,7 +162,7 @@ def _recall_drops(
     return recalls, drops
 
 
-def decide(
+def promotion_decision(
     challenger: Evaluation, champion: Evaluation | None, policy: PromotionSettings
 ) -> Decision:
     """Promote when the ``policy.confidence`` paired bootstrap interval of the primary
@@ -483,7 +483,7 @@ def _decide_now(
     champion = (
         version_evaluation(tracking, champion_version, snapshot) if champion_version else None
     )
-    decision = decide(challenger, champion, settings.promotion)
+    decision = promotion_decision(challenger, champion, settings.promotion)
     if champion is not None:
         log_paired_predictions(tracking, version, challenger, champion)
     record_decision(tracking, version, decision, champion_version)
