@@ -232,6 +232,13 @@ class LabellingSettings(BaseModel):
     confident: float = Field(
         0.9, gt=0, le=1, description="an annotation against a prediction this sure is reviewed"
     )
+    test_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="of the budget: unlabelled test-split images, a uniform sample, so the "
+        "frozen test split grows and promotion's interval narrows",
+    )
     overlay: bool = Field(True, description="send a Grad-CAM overlay of the predicted class")
     max_open_tasks: int = Field(
         1000,

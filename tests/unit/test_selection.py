@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visionloop.labelling.selection import Pool, eligible, select, uncertainty
+from visionloop.labelling.selection import Pool, eligible, sample_test_split, select, uncertainty
 
 
 def _pool(probabilities, drifted=None, embeddings=None) -> Pool:
@@ -38,6 +38,13 @@ def test_only_unlabelled_images_outside_test_without_open_tasks_compete() -> Non
     ids = ["a", "b", "c", "d", "e"]
     splits = ["train", "test", "val", "train", "train"]
     assert eligible(ids, splits, labelled={"d"}, open_tasks={"e"}) == [0, 2]
+    assert eligible(ids, splits, labelled={"d"}, open_tasks={"e"}, test=True) == [1]
+
+
+def test_the_test_share_is_a_model_free_sample_of_the_test_split() -> None:
+    ids = [f"{n:064x}" for n in (7, 3, 9, 1)]
+    assert sample_test_split(set(ids), 2) == [f"{1:064x}", f"{3:064x}"]  # by id, not by any score
+    assert sample_test_split(ids, 0) == [] and len(sample_test_split(ids, 10)) == 4
 
 
 def test_clustered_margin_spreads_over_clusters_and_random_is_seeded() -> None:

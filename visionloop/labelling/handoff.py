@@ -31,8 +31,8 @@ import numpy as np
 from visionloop import locks
 from visionloop.labelling.client import LabelStudio, choice_result
 from visionloop.labelling.overlay import overlays
-from visionloop.labelling.pool import build_pool
-from visionloop.labelling.selection import select
+from visionloop.labelling.pool import build_pool, candidates
+from visionloop.labelling.selection import sample_test_split, select
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.registry.scoring import read_predictions
 from visionloop.settings import LabellingSettings
@@ -319,19 +319,28 @@ def prepare(
     settings: LabellingSettings,
     room: int | None = None,
 ) -> Prepared:
-    """Tonight's images: selected from the pool, with the champion's guess and overlay;
-    only the first ``room`` (the most useful) when the open queue is near its cap."""
+    """Tonight's images: selected from the pool, with the champion's guess and overlay, then
+    the test split's share (no guess shown: an annotator is not nudged on a test label);
+    only the first ``room`` when the open queue is near its cap."""
     version, classifier = champion if champion else (None, None)
+    tests = sample_test_split(candidates(snapshot, taken, test=True), _test_slots(settings))
     pool = build_pool(snapshot, embedder_version, version, taken, drifted)
-    chosen = select(pool, settings.budget, settings.strategy, settings.seed)
-    kept = chosen if room is None else chosen[:room]
+    chosen = select(pool, settings.budget - len(tests), settings.strategy, settings.seed)
+    kept = (chosen + tests)[:room]  # room None: all
     probabilities = (
         {}
         if pool.probabilities is None
         else {image_id: pool.probabilities[i] for i, image_id in enumerate(pool.ids)}
     )
-    described = _described(snapshot, classifier, kept, probabilities, settings.overlay)
-    return Prepared(described, len(chosen) - len(kept))
+    guessed = [image_id for image_id in kept if image_id not in tests]
+    unguessed = kept[len(guessed) :]
+    described = _described(snapshot, classifier, guessed, probabilities, settings.overlay)
+    described += _described(snapshot, None, unguessed, {}, False)
+    return Prepared(described, len(chosen) + len(tests) - len(kept))
+
+
+def _test_slots(settings: LabellingSettings) -> int:
+    return round(settings.budget * settings.test_share)
 
 
 def refresh(

@@ -17,16 +17,18 @@ from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.registry.scoring import read_predictions
 
 
-def candidates(snapshot: LakeSnapshot, open_tasks: Collection[str]) -> list[str]:
-    """Unlabelled images outside the test split that have no open task and are not
-    excluded from training."""
+def candidates(
+    snapshot: LakeSnapshot, open_tasks: Collection[str], test: bool = False
+) -> list[str]:
+    """Unlabelled images outside the test split (``test``: inside it) that have no open task
+    and are not excluded from training."""
     ids, splits, labelled = [], [], set(snapshot.excluded)
     for part in snapshot.row_groups(["image_id", "label", "split"]):
         table = part.table
         ids += table["image_id"].to_pylist()
         splits += table["split"].to_pylist()
         labelled.update(table["image_id"].filter(pc.is_valid(table["label"])).to_pylist())
-    return [ids[i] for i in eligible(ids, splits, labelled, open_tasks)]
+    return [ids[i] for i in eligible(ids, splits, labelled, open_tasks, test)]
 
 
 def build_pool(

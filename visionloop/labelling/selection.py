@@ -10,6 +10,11 @@ random's accuracy at 2,000 labels with 600 (margin alone needed 700), on every s
 model yet (cold start), the k-means medoids of the pool's embeddings are taken: typical
 images first. Only eligible images compete (see :func:`eligible`); images from a drifted
 batch go first.
+
+A share of each night's budget (``labelling.test_share``) goes to unlabelled images of the
+test split instead, chosen without any model (:func:`sample_test_split`), so the test split grows
+as an unbiased sample of what arrives and the promotion gate's interval narrows night by
+night; an uncertainty-chosen test split would measure the hard cases only.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ def eligible(
     splits: Sequence[str],
     labelled: Collection[str],
     open_tasks: Collection[str],
+    test: bool = False,
 ) -> list[int]:
-    """Positions of images that may be selected: unlabelled, not in an open task, not test.
+    """Positions of images that may be selected: unlabelled, not in an open task, and outside
+    the test split (``test``: inside it).
 
     Quarantined files never reach the images table, so they are never candidates.
     """
@@ -50,8 +57,14 @@ def eligible(
     return [
         i
         for i, (image, split) in enumerate(zip(ids, splits, strict=True))
-        if image not in taken and split != "test"
+        if image not in taken and (split == "test") == test
     ]
+
+
+def sample_test_split(test_ids: Collection[str], count: int) -> list[str]:
+    """``count`` of the eligible test images, uniformly: the smallest ids (an image id is
+    the SHA-256 of its bytes, so its order is independent of the image)."""
+    return sorted(test_ids)[: max(count, 0)]
 
 
 def uncertainty(probabilities: np.ndarray, strategy: str) -> np.ndarray:
