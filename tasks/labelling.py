@@ -105,6 +105,7 @@ def queue_for_annotation(
     summary = {
         "selected": len(chosen),
         "of which drifted": len(set(drifted) & {item.image_id for item in chosen}),
+        "of which test split": prepared.test_split,
         "queued": queued,
         "held back": prepared.held_back,
         "open tasks": queue.open + queued,

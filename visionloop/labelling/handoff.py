@@ -308,6 +308,7 @@ class Prepared:
 
     selected: list[Selected]
     held_back: int = 0
+    test_split: int = 0  # of the selected, images of the test split (labelling.test_share)
 
 
 def prepare(
@@ -336,7 +337,7 @@ def prepare(
     unguessed = kept[len(guessed) :]
     described = _described(snapshot, classifier, guessed, probabilities, settings.overlay)
     described += _described(snapshot, None, unguessed, {}, False)
-    return Prepared(described, len(chosen) + len(tests) - len(kept))
+    return Prepared(described, len(chosen) + len(tests) - len(kept), len(unguessed))
 
 
 def _test_slots(settings: LabellingSettings) -> int:
