@@ -1,7 +1,7 @@
 """Benchmark: leakage detection on real Fashion-MNIST test images and altered copies.
 
 The shipped detector (:func:`visionloop.embeddings.leakage.candidates_of`, then
-:func:`~visionloop.embeddings.leakage.verified_pairs` at the default ``leakage.threshold``),
+:func:`~visionloop.embeddings.leakage.verified_pairs` at the default ``leakage`` settings),
 with the project's embedder, the real similar-image index and the stored 64 px images:
 - **copies**: for ``--copies`` random test images, one copy of each kind (shifted by 1-4
   pixels in a random one of 8 directions, rotated by 2, 3, 5 or 7 degrees either way, both
@@ -31,7 +31,7 @@ from benchmarks.common import write_result
 from visionloop.embeddings import fingerprints
 from visionloop.embeddings.embedder import embedder_source
 from visionloop.embeddings.index import VectorIndex
-from visionloop.embeddings.leakage import Pair, candidates_of, verified_pairs
+from visionloop.embeddings.leakage import Candidates, Pair, candidates_of, verified_pairs
 from visionloop.embeddings.vectors import Vectors
 from visionloop.ingest.samples import load_part
 from visionloop.preprocessing import image_options, process_image_bytes
@@ -104,10 +104,9 @@ def main() -> None:
     embed_s = time.perf_counter() - started
     ids = [f"o{i}" for i in range(len(raw))] + [f"c{j}" for j in range(len(copies))]
     images = dict(zip(ids, stored, strict=True))
-    prints = np.stack([fingerprints.base(data) for data in stored])
+    prints = np.stack([fingerprints.spectrum(data) for data in stored])
     result = {
-        "threshold": settings.leakage.threshold,
-        "neighbours": settings.leakage.neighbours,
+        "leakage": settings.leakage.model_dump(),
         "originals": len(raw),
         "embed_and_preprocess_s": round(embed_s, 1),
         "copies": _copies_found(ids, vectors, prints, images, copies, settings),
@@ -124,19 +123,19 @@ def _check(
     images: dict[str, bytes],
     query_ids: list[str],
     settings: Settings,
-) -> tuple[list[set[str]], list[Pair], float]:
+) -> tuple[list[Candidates], list[Pair], float]:
     """The shipped two steps over an in-memory lake of ``ids``; their time."""
     started = time.perf_counter()
     version = "bench"
     index = VectorIndex.build(Vectors(version, ids, vectors), settings.similarity)
     queries = Vectors(version, ids, vectors).subset(query_ids)
     candidates = candidates_of(
-        query_ids, index, queries, Vectors(version, ids, prints), settings.leakage.neighbours
+        query_ids, index, queries, Vectors(version, ids, prints), settings.leakage
     )
     splits = {image_id: "val" if image_id.startswith("c") else "test" for image_id in ids}
-    involved = set(query_ids).union(*candidates)
+    involved = set(query_ids).union(*(c.nearest for c in candidates))
     pairs = verified_pairs(
-        query_ids, candidates, {i: images[i] for i in involved}, splits, settings.leakage.threshold
+        query_ids, candidates, {i: images[i] for i in involved}, splits, settings.leakage
     )
     return candidates, pairs, time.perf_counter() - started
 
@@ -159,7 +158,7 @@ def _copies_found(
         found = [
             frozenset((query_ids[j], o)) in linked for j, o in zip(rows, originals, strict=True)
         ]
-        among = [o in candidates[j] for j, o in zip(rows, originals, strict=True)]
+        among = [o in candidates[j].nearest for j, o in zip(rows, originals, strict=True)]
         rates[kind] = {
             "found": round(float(np.mean(found)), 4),
             "candidate": round(float(np.mean(among)), 4),

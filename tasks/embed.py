@@ -61,7 +61,7 @@ def check_leakage(
     leakage rate (critical when ``leakage.severity`` says so) stops the flow."""
     index = VectorIndex.load(index_dir(settings.index_dir, embedder_version), settings.similarity)
     leakage = settings.leakage
-    found = check_batches(snapshot, index, batch_ids, leakage.threshold, leakage.neighbours)
+    found = check_batches(snapshot, index, batch_ids, leakage)
     name = "-".join(sorted(batch_ids))[:120] or "lake"
     report = settings.reports_dir / "leakage" / f"{name}.parquet"
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -172,13 +172,19 @@ class SimilaritySettings(BaseModel):
 
 
 class LeakageSettings(BaseModel):
-    """Near-duplicates (same split) and leakage (across splits): embedding neighbours,
-    confirmed by pixel-fingerprint similarity."""
+    """Near-duplicates (same split) and leakage (across splits): embedding and pixel-spectrum
+    neighbours, confirmed by pixel similarity at a fixed position or at the best alignment."""
 
     threshold: float = Field(
         0.995, gt=0, le=1, description="fingerprint similarity of a pair (measured default)"
     )
     neighbours: int = Field(50, ge=1, description="candidates per image, from each index")
+    aligned_threshold: float = Field(
+        0.995, gt=0, le=1, description="fine similarity at the best shift/rotation (measured)"
+    )
+    aligned_neighbours: int = Field(
+        16, ge=0, description="nearest candidates per image, from each index, checked aligned"
+    )
     max_leakage_rate: float = Field(0.01, ge=0, le=1)
     severity: Literal["warning", "critical"] = "warning"
     exclude: bool = Field(

@@ -85,6 +85,10 @@ COPIES = {
     "cropped": lambda image, note: _encode(
         image.crop((2, 2, image.width - 2, image.height - 2)), note=note
     ),
+    "shifted": lambda image, note: _encode(
+        image.transform(image.size, Image.Transform.AFFINE, (1, 0, 2, 0, 1, -2)), note=note
+    ),
+    "rotated": lambda image, note: _encode(image.rotate(5, Image.Resampling.BILINEAR), note=note),
 }
 
 
@@ -122,7 +126,7 @@ def test_planted_copies_are_found_and_distinct_images_rarely_flagged(tmp_path: P
     commit_rows(settings, rows, batch_id="originals")
     version = _embed(settings, "emb-originals")
     index, _ = updated_index(settings.index_dir, settings.lake_dir, version, settings.similarity)
-    distinct = check_batches(take(settings.lake_dir), index, ["originals"], **_leakage(settings))
+    distinct = check_batches(take(settings.lake_dir), index, ["originals"], settings.leakage)
     flagged = {i for p in distinct.pairs for i in (p.image_a, p.image_b)}
     assert len(flagged) / len(rows) <= 0.01, distinct.pairs[:5]
 
@@ -136,14 +140,10 @@ def test_planted_copies_are_found_and_distinct_images_rarely_flagged(tmp_path: P
     commit_rows(settings, planted, batch_id="planted")
     version = _embed(settings, "emb-planted")
     index, _ = updated_index(settings.index_dir, settings.lake_dir, version, settings.similarity)
-    found = check_batches(take(settings.lake_dir), index, ["planted"], **_leakage(settings))
+    found = check_batches(take(settings.lake_dir), index, ["planted"], settings.leakage)
     leaks = {frozenset((p.image_a, p.image_b)) for p in found.pairs if p.kind == LEAKAGE}
     assert len(leaks & expected) / len(expected) >= 0.9
     assert found.summary.leakage_rate >= 0.9 and found.images
-
-
-def _leakage(settings: Settings) -> dict:
-    return {"threshold": settings.leakage.threshold, "neighbours": settings.leakage.neighbours}
 
 
 def _frame(settings: Settings, images: list[bytes], embed) -> pd.DataFrame:

@@ -53,6 +53,12 @@ class EmbedderSource:
         path = packaged_weights_path() if self.weights == "packaged" else Path(self.weights)
         return file_sha256(path)
 
+    @functools.cached_property
+    def dimensions(self) -> int:
+        """The vectors' length, from the architecture alone (no weights are read)."""
+        with torch.device("meta"):
+            return int(create_model(self.model_name, 1).num_features)
+
     @property
     def version(self) -> str:
         """``<model>-<size>px-w<weights hash>-p<preprocessing>-<fingerprint version>``."""
@@ -105,7 +111,7 @@ class EmbeddingJob:
         return self.source.version
 
     def schema(self) -> pa.Schema:
-        return embeddings_schema(self.dimensions, fingerprints.SIDE * fingerprints.SIDE)
+        return embeddings_schema(self.dimensions, fingerprints.SPECTRUM_SIZE)
 
     def load(self) -> Callable[[list[str], list[bytes]], pa.Table]:
         torch.set_num_threads(self.threads)
@@ -114,7 +120,7 @@ class EmbeddingJob:
 
         def embed(image_ids: list[str], images: list[bytes]) -> pa.Table:
             vectors = embedder.embed(images, self.batch_size).astype(np.float32)
-            prints = np.stack([fingerprints.base(image) for image in images])
+            prints = np.stack([fingerprints.spectrum(image) for image in images])
             now = datetime.now(UTC)
             return pa.table(
                 {
@@ -165,6 +171,6 @@ def current_embedder(settings: Settings, tracking: Tracking) -> EmbedderSource:
 
 
 def embedding_job(settings: Settings, source: EmbedderSource) -> EmbeddingJob:
-    dimensions = source.build().dimensions
+    """The Spark job for ``source``; the embedder itself is built in the workers only."""
     config = settings.embeddings
-    return EmbeddingJob(source, dimensions, config.batch_size, config.threads_per_task)
+    return EmbeddingJob(source, source.dimensions, config.batch_size, config.threads_per_task)

@@ -9,7 +9,14 @@ keeps the *pixels*, though: a blurred, mean/std-normalised 16x16 grey thumbnail 
 stored image is unchanged by resizing, JPEG and brightness, and a crop is the original's
 thumbnail zoomed in. So each image also gets zoomed-in variants (three zooms, five
 anchors), and two images' similarity is the best match of either one's variants with the
-other's plain thumbnail. Pure functions over stored (preprocessed) image bytes.
+other's plain thumbnail. Copies shifted or rotated are recognised by
+:mod:`visionloop.embeddings.alignment` instead.
+
+What the lake stores per image (the embeddings table's ``fingerprint``) is the search key
+that proposes pixel candidates: :func:`spectrum`, the square-rooted Fourier magnitudes of the
+low frequencies of the aligned thumbnail, which a shift leaves unchanged (measured: an
+image's copy shifted by 2 pixels is among its 50 nearest by spectrum 99 % of the time, by
+a plain thumbnail 37 %). Pure functions over stored (preprocessed) image bytes.
 """
 
 from __future__ import annotations
@@ -19,13 +26,16 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
+from visionloop.embeddings import alignment
 from visionloop.preprocessing import decode_stored
 
 SIDE = 16
 BLUR = 1.0  # Gaussian radius at the stored size, before the (antialiased) downsampling
 ZOOMS = (1.08, 1.17, 1.27)  # what a crop of 1, 2 or 3 pixels of a 28-pixel image looks like
 ANCHORS = ((0.5, 0.5), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))  # centre and corners
-VERSION = f"fp1-{SIDE}-{BLUR}-{'-'.join(map(str, ZOOMS))}"
+FREQUENCIES = 12  # spectrum: frequencies 0..12 (and -12..-1 vertically) of the thumbnail
+SPECTRUM_SIZE = (2 * FREQUENCIES + 1) * (FREQUENCIES + 1)
+VERSION = f"fp2-{SIDE}-{BLUR}-{'-'.join(map(str, ZOOMS))}-s{alignment.SIDE}-{FREQUENCIES}"
 
 
 def _boxes(size: int) -> list[tuple[float, float, float, float]]:
@@ -54,9 +64,14 @@ def variants(data: bytes) -> np.ndarray:
     return np.stack([_unit(row.ravel()) for row in rows]).astype(np.float32)
 
 
-def base(data: bytes) -> np.ndarray:
-    """The plain thumbnail (row 0 of :func:`variants`)."""
-    return variants(data)[0]
+def spectrum(data: bytes) -> np.ndarray:
+    """``(SPECTRUM_SIZE,)`` unit vector: the stored fingerprint, a shift-invariant search key."""
+    thumb = alignment.plain_thumbnail(data)
+    side, k = alignment.SIDE, FREQUENCIES
+    magnitude = np.sqrt(np.abs(np.fft.rfft2(thumb - thumb.mean(), s=(2 * side, 2 * side))))
+    low = np.concatenate([magnitude[: k + 1, : k + 1], magnitude[-k:, : k + 1]])
+    key = low.ravel()
+    return (key / max(float(np.linalg.norm(key)), 1e-6)).astype(np.float32)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

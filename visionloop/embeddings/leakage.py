@@ -4,11 +4,14 @@ Two images that show the same picture (resized, re-encoded, brightened, cropped 
 pixels ...) across train/val/test are **leakage**: the test split no longer measures
 generalisation. Within one split they are **near-duplicates**. For each image checked,
 candidates are its ``leakage.neighbours`` nearest images by embedding (the similar-image
-index) and by pixel fingerprint (exact search); a candidate is a copy when the fingerprint
-similarity of the two (see :mod:`visionloop.embeddings.fingerprints`) reaches
-``leakage.threshold``. :func:`candidates_of` and :func:`verified_pairs` are the two steps
-over in-memory data (``benchmarks/leakage.py`` measures them on Fashion-MNIST);
-:func:`find_pairs` is pure.
+index) and by pixel spectrum (exact search over the stored fingerprints). A candidate is a
+copy when the fixed-position fingerprint similarity of the two (resized, re-encoded,
+brightened, cropped copies; :mod:`visionloop.embeddings.fingerprints`) reaches
+``leakage.threshold``, or, for the ``leakage.aligned_neighbours`` nearest by each, when
+their similarity at the best shift and rotation (shifted and rotated copies;
+:mod:`visionloop.embeddings.alignment`, dearer) reaches ``leakage.aligned_threshold``.
+:func:`candidates_of` and :func:`verified_pairs` are the two steps over in-memory data
+(``benchmarks/leakage.py`` measures them on Fashion-MNIST); :func:`find_pairs` is pure.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from visionloop.embeddings import fingerprints
+from visionloop.embeddings import alignment, fingerprints
 from visionloop.embeddings.index import VectorIndex
 from visionloop.embeddings.vectors import Vectors, read_vectors
 from visionloop.lake.snapshot import LakeSnapshot, row_groups
 from visionloop.preprocessing import decode_stored
+from visionloop.settings import LeakageSettings
 
 LEAKAGE, NEAR_DUPLICATE = "leakage", "near_duplicate"
 
@@ -178,8 +182,7 @@ def check_batches(
     snapshot: LakeSnapshot,
     index: VectorIndex,
     batch_ids: Collection[str],
-    threshold: float,
-    neighbours: int,
+    settings: LeakageSettings,
 ) -> LeakageCheck:
     """Pairs of each image of ``batch_ids`` with its copies anywhere in the lake."""
     query_ids = _batch_ids(snapshot, batch_ids)
@@ -187,52 +190,112 @@ def check_batches(
         return LeakageCheck([], summarise([], []), {})
     query = read_vectors(snapshot.lake_path, index.version, image_ids=query_ids)
     prints = read_vectors(snapshot.lake_path, index.version, column="fingerprint")
-    candidates = candidates_of(query_ids, index, query, prints, neighbours)
-    involved = set(query_ids).union(*candidates) if candidates else set()
+    candidates = candidates_of(query_ids, index, query, prints, settings)
+    involved = set(query_ids).union(*(c.nearest for c in candidates))
     images = _column(snapshot, involved, "image")
     splits = _column(snapshot, involved, "split")
-    pairs = verified_pairs(query_ids, candidates, images, splits, threshold)
+    pairs = verified_pairs(query_ids, candidates, images, splits, settings)
     shown = {image for pair in pairs[:PAIRS_SHOWN] for image in (pair.image_a, pair.image_b)}
     return LeakageCheck(
         pairs, summarise(query_ids, pairs), {i: images[i] for i in shown if i in images}
     )
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """One image's candidates: all are checked by the fixed-position fingerprint, the
+    ``closest`` (a subset) also at their best alignment."""
+
+    nearest: frozenset[str]
+    closest: frozenset[str]
+
+
 def candidates_of(
-    query_ids: Sequence[str], index: VectorIndex, query: Vectors, prints: Vectors, k: int
-) -> list[set[str]]:
-    """Each query's ``k`` nearest images by embedding (``query`` holds the queries' vectors)
-    and by pixel fingerprint (``prints``: every image's stored fingerprint)."""
-    by_embedding = nearest_by_embedding(index, query, k)
-    by_pixels = nearest_by_fingerprint(prints, query_ids, k)
-    return [by_embedding.get(q, set()) | by_pixels.get(q, set()) for q in query_ids]
+    query_ids: Sequence[str],
+    index: VectorIndex,
+    query: Vectors,
+    prints: Vectors,
+    settings: LeakageSettings,
+) -> list[Candidates]:
+    """Each query's nearest images by embedding (``query`` holds the queries' vectors) and by
+    pixel spectrum (``prints``: every image's stored fingerprint), nearest first."""
+    by_embedding = nearest_by_embedding(index, query, settings.neighbours)
+    by_pixels = nearest_by_fingerprint(prints, query_ids, settings.neighbours)
+    m = settings.aligned_neighbours
+    return [
+        Candidates(
+            frozenset(by_embedding.get(q, []) + by_pixels.get(q, [])),
+            frozenset(by_embedding.get(q, [])[: m + 1] + by_pixels.get(q, [])[: m + 1]),
+        )
+        for q in query_ids
+    ]
 
 
 def verified_pairs(
     query_ids: Sequence[str],
-    candidates: Sequence[Collection[str]],
+    candidates: Sequence[Candidates],
     images: Mapping[str, bytes],
     splits: Mapping[str, str],
-    threshold: float,
+    settings: LeakageSettings,
 ) -> list[Pair]:
-    """The candidate pairs whose :func:`fingerprints.similarity` reaches ``threshold``."""
+    """The candidate pairs whose :func:`fingerprints.similarity` reaches ``threshold``, and
+    the closest whose :func:`alignment.similarities` reaches ``aligned_threshold``."""
     variants = {image_id: fingerprints.variants(data) for image_id, data in images.items()}
 
     def similarity(a: str, b: str) -> float:
         return fingerprints.similarity(variants[a], variants[b])
 
-    return find_pairs(query_ids, candidates, similarity, splits, threshold)
+    nearest = [c.nearest for c in candidates]
+    fixed = find_pairs(query_ids, nearest, similarity, splits, settings.threshold)
+    found = {(pair.image_a, pair.image_b) for pair in fixed}
+    unaligned = {
+        (min(query, other), max(query, other))
+        for query, c in zip(query_ids, candidates, strict=True)
+        for other in c.closest
+        if other != query
+    }
+    aligned = _aligned_pairs(sorted(unaligned - found), images, splits, settings.aligned_threshold)
+    return sorted(fixed + aligned, key=lambda pair: -pair.similarity)
 
 
-def nearest_by_embedding(index: VectorIndex, query: Vectors, k: int) -> dict[str, set[str]]:
+def _aligned_pairs(
+    keys: Sequence[tuple[str, str]],
+    images: Mapping[str, bytes],
+    splits: Mapping[str, str],
+    threshold: float,
+    chunk: int = 256,
+) -> list[Pair]:
+    """The pairs of ``keys`` whose fine aligned similarity reaches ``threshold`` (those
+    whose coarse alignment scores :data:`alignment.COARSE_FLOOR` get the fine check); a
+    ``chunk`` of pairs at a time, each image of a chunk prepared once."""
+    pairs = []
+    for start in range(0, len(keys), chunk):
+        part = keys[start : start + chunk]
+        involved = sorted({image for key in part for image in key})
+        prepared = alignment.prepare([alignment.thumbnails(images[i]) for i in involved])
+        position = {image: n for n, image in enumerate(involved)}
+        found = alignment.coarse_alignments(
+            prepared, [position[a] for a, _ in part], [position[b] for _, b in part]
+        )
+        for (a, b), coarse in zip(part, found, strict=True):
+            if coarse.score < alignment.COARSE_FLOOR:
+                continue
+            score = alignment.fine_similarity(images[a], images[b], coarse)
+            if score >= threshold:
+                pairs.append(Pair(a, b, splits[a], splits[b], score))
+    return pairs
+
+
+def nearest_by_embedding(index: VectorIndex, query: Vectors, k: int) -> dict[str, list[str]]:
+    """Each query's ``k`` nearest images by embedding, nearest first (itself included)."""
     found = index.search(query.matrix, k + 1)
     return {
-        image_id: {n.image_id for n in row} for image_id, row in zip(query.ids, found, strict=True)
+        image_id: [n.image_id for n in row] for image_id, row in zip(query.ids, found, strict=True)
     }
 
 
-def nearest_by_fingerprint(lake: Vectors, query_ids: Sequence[str], k: int) -> dict[str, set[str]]:
-    """Exact inner-product search over every image's fingerprint (1 KB each)."""
+def nearest_by_fingerprint(lake: Vectors, query_ids: Sequence[str], k: int) -> dict[str, list[str]]:
+    """Exact inner-product search over every image's stored spectrum, nearest first."""
     import faiss
 
     if not len(lake):
@@ -242,7 +305,7 @@ def nearest_by_fingerprint(lake: Vectors, query_ids: Sequence[str], k: int) -> d
     query = lake.subset(query_ids)
     _, positions = search.search(np.ascontiguousarray(query.matrix), min(k + 1, len(lake)))
     return {
-        image_id: {lake.ids[p] for p in row if p >= 0}
+        image_id: [lake.ids[p] for p in row if p >= 0]
         for image_id, row in zip(query.ids, positions, strict=True)
     }
 

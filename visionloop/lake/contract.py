@@ -95,8 +95,9 @@ PREDICTIONS_SCHEMA = pa.schema(list(PREDICTION_COLUMNS.items()))
 def embeddings_schema(dimensions: int, fingerprint: int) -> pa.Schema:
     """One vector per (image, embedder version); never two versions in one vector space.
 
-    ``fingerprint`` is the image's pixel fingerprint (near-duplicate verification, see
-    :mod:`visionloop.embeddings.fingerprints`), whose version is part of the embedder's.
+    ``fingerprint`` is the image's pixel search key (a shift-invariant spectrum that proposes
+    near-duplicate candidates, see :mod:`visionloop.embeddings.fingerprints`), whose version
+    is part of the embedder's.
     """
     return pa.schema(
         [
