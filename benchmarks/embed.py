@@ -70,7 +70,7 @@ def timed_job(spark, settings: Settings, job, table: str) -> float:
     snapshot = take(settings.lake_dir)
     started = time.perf_counter()
     report = run_inference(spark, settings, snapshot, job)
-    return report["written"] / (time.perf_counter() - started)
+    return report.written / (time.perf_counter() - started)
 
 
 def run_size(count: int, rounds: int, work: Path) -> dict:

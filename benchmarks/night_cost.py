@@ -167,14 +167,14 @@ def run_night(config: Path, landing: Path, train: bool) -> dict[str, Any]:
         wall = time.perf_counter() - started
     result = state.result()
     stages = task_seconds(state.state_details.flow_run_id)
-    report = result["ingest"].report
+    report = result.ingest.report
     return {
         "wall_s": round(wall, 2),
         "stages_s": stages,
         "untracked_s": round(wall - sum(stages.values()), 2),
         "peak_rss_mb": memory.megabytes(),
         "ingest": {"listed": report.listed, "skipped": report.skipped, "written": report.written},
-        "trained": bool(result.get("train", {}).get("trained")),
+        "trained": bool(result.train and result.train.trained),
     }
 
 

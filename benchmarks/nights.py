@@ -51,13 +51,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from benchmarks.common import RESULTS_DIR, fresh_workdir, spread, write_result
 from benchmarks.night_cost import TINY_TRAINING, task_seconds, write_pngs
+
+if TYPE_CHECKING:  # imported late at run time: Prefect reads its settings on import
+    from visionloop.flows.nightly import NightlyResult
 
 NAME = "nights"
 FIRST_NIGHT = date(2026, 12, 1)  # night 0, the seed, lands the day before
@@ -241,34 +244,36 @@ def run_night(
     return record
 
 
-def describe(result: dict[str, Any]) -> dict[str, Any]:
+def describe(result: NightlyResult) -> dict[str, Any]:
     """What the night's flow result says: ingest, labels, training, drift, hand-off."""
-    report = result["ingest"].report
-    train = result.get("train", {})
-    promotion = train.get("promotion") or {}
-    leakage = result["embed"].get("leakage") or {}
+    report, train, queued = result.ingest.report, result.train, result.handoff.queued
+    promotion = train.promotion if train else None
+    labels = result.labels
     return {
         "ingest": {
             key: getattr(report, key)
             for key in ("listed", "skipped", "read", "written", "duplicates", "quarantined")
         },
-        "label_sync": result["labels"],
-        "decision": result["decision"],
+        "label_sync": labels.counts() | ({"why": labels.skipped} if labels.skipped else {}),
+        "decision": result.decision.row(),
         "training": {
-            "action": train.get("plan", {}).get("action"),
-            "reason": train.get("plan", {}).get("reason"),
-            "trained": bool(train.get("trained")),
-            "challenger": (train.get("challenger") or {}).get("version"),
-            "promoted": promotion.get("promoted"),
-            "promotion_reason": promotion.get("reason"),
+            "action": train.plan.action if train else None,
+            "reason": train.plan.reason if train else None,
+            "trained": bool(train and train.trained),
+            "challenger": train.challenger.version.version if train and train.challenger else None,
+            "promoted": promotion.decision.promoted if promotion else None,
+            "promotion_reason": promotion.decision.reason if promotion else None,
         },
-        "drift": {"drifted": result["drift"]["drifted"], "note": result["drift"]["note"]},
-        "leakage_excluded": leakage.get("excluded"),
+        "drift": {"drifted": result.drift.drifted, "note": result.drift.note},
+        "leakage_excluded": result.embed.leakage.excluded if result.embed.leakage else None,
         "handoff": {
-            key: result["handoff"]["queued"].get(key)
-            for key in ("selected", "of which drifted", "held back", "strategy", "model version")
-        }
-        | {"imported": result["handoff"]["sent"].get("imported")},
+            "selected": queued.selected,
+            "of which drifted": queued.drifted,
+            "held back": queued.held_back,
+            "strategy": queued.strategy,
+            "model version": queued.model_version or "none yet",
+            "imported": result.handoff.sent.imported,
+        },
     }
 
 
@@ -301,10 +306,10 @@ def lake_and_models(settings: Any, test: OfficialTest, record: dict[str, Any]) -
     }
     if champion is not None:
         out["champion"] = {
-            "version": champion["version"],
-            "lake_test_accuracy": round(champion["test_accuracy"], 4),
-            "official_accuracy": official(champion["version"]),
-            "annotator_labels_in_training": champion["annotator_labels"],
+            "version": champion.version,
+            "lake_test_accuracy": round(champion.test_accuracy, 4),
+            "official_accuracy": official(champion.version),
+            "annotator_labels_in_training": champion.annotator_labels,
         }
     challenger = record.get("training", {}).get("challenger")
     if challenger is not None:

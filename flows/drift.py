@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from visionloop.lake.commit import recent_ingests
+from visionloop.monitoring.drift import DriftCheck
 from visionloop.parameters import DriftParameters
 from visionloop.settings import load_settings
 from visionloop.tasks.embed import embedder_version
@@ -15,7 +14,7 @@ from visionloop.tasks.train import connect_tracking, snapshot_lake
 
 
 @flow(name="drift", log_prints=True)
-def drift(params: DriftParameters = DriftParameters()) -> dict[str, Any]:
+def drift(params: DriftParameters = DriftParameters()) -> DriftCheck:
     """Compare the batches (or the last N days') with the champion's; needs them embedded."""
     settings = load_settings(params.config)
     tracking = connect_tracking(settings)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -13,7 +12,7 @@ from visionloop.ingest.landing import landing_sources
 from visionloop.ingest.report import IngestReport
 from visionloop.lake import commit as lake
 from visionloop.parameters import IngestParameters
-from visionloop.quality.gate import QualityGateError
+from visionloop.quality.gate import GateResult, QualityGateError
 from visionloop.settings import Settings, load_settings
 from visionloop.tasks.ingest import (
     archive_arrivals,
@@ -31,7 +30,7 @@ class IngestResult:
     """What an ingest did: its counts, and the gate's result (None when nothing arrived)."""
 
     report: IngestReport
-    gate: dict[str, Any] | None
+    gate: GateResult | None
 
     @property
     def batch_ids(self) -> list[str]:
@@ -55,10 +54,10 @@ def ingest_batch(spark: SparkSession, settings: Settings, params: IngestParamete
             get_run_logger().info("nothing new: %d files listed, all placed", report.listed)
             return IngestResult(report, None)
         gate = validate_batch(settings, report, params.accept_failing_batch)
-        if not gate["passed"]:
+        if not gate.passed:
             publish_ingest_report(report, gate)
             held = hold_batch(settings, report)
-            raise QualityGateError(f"{gate['message']}\nThe batch is held at {held}.")
+            raise QualityGateError(f"{gate.message}\nThe batch is held at {held}.")
         commit_batch(settings, report)
     if settings.landing.after_ingest == "archive":
         report = archive_arrivals(settings, report, sources)

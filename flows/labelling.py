@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from visionloop.labelling.client import LabelStudio
+from visionloop.labelling.handoff import HandoffResult
+from visionloop.labelling.sync import SyncResult
 from visionloop.parameters import HandoffParameters, SyncParameters
 from visionloop.settings import load_settings
 from visionloop.tasks.embed import embedder_version
@@ -20,14 +20,14 @@ from visionloop.tasks.train import connect_tracking, snapshot_lake
 
 
 @flow(name="sync_labels", log_prints=True)
-def sync_labels(params: SyncParameters = SyncParameters()) -> dict[str, Any]:
+def sync_labels(params: SyncParameters = SyncParameters()) -> SyncResult:
     """Completed annotations become label events (or reviews); each is read once."""
     settings = load_settings(params.config)
     return sync_annotations(settings, connect_label_studio(settings))
 
 
 @flow(name="handoff", log_prints=True)
-def handoff(params: HandoffParameters = HandoffParameters()) -> dict[str, Any]:
+def handoff(params: HandoffParameters = HandoffParameters()) -> HandoffResult:
     """The most useful images for the champion go to Label Studio (idempotently)."""
     settings = load_settings(params.config)
     if params.budget is not None:
@@ -39,4 +39,4 @@ def handoff(params: HandoffParameters = HandoffParameters()) -> dict[str, Any]:
     snapshot = snapshot_lake(settings)
     studio = studio if isinstance(studio, LabelStudio) else None  # down: queue, then fail in send
     queued = queue_for_annotation(settings, snapshot, tracking, studio, version, [])
-    return {"queued": queued, "sent": send_to_label_studio(settings)}
+    return HandoffResult(queued, send_to_label_studio(settings))

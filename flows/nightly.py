@@ -8,17 +8,22 @@ decision, in one table → hand the most useful images (drifted ones first) to a
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from prefect import flow
 
-from visionloop.flows.embed import embed_stage
-from visionloop.flows.ingest import ingest_batch
-from visionloop.flows.train import train_and_promote
+from visionloop.flows.embed import EmbedResult, embed_stage
+from visionloop.flows.ingest import IngestResult, ingest_batch
+from visionloop.flows.train import TrainResult, train_and_promote
 from visionloop.labelling.client import LabelStudio
-from visionloop.monitoring.decision import decide_night
+from visionloop.labelling.handoff import HandoffResult
+from visionloop.labelling.sync import SyncResult
+from visionloop.lake.compaction import Compacted
+from visionloop.monitoring.decision import NightlyDecision, decide_night
+from visionloop.monitoring.drift import DriftCheck
 from visionloop.parameters import NightlyParameters, TrainParameters
 from visionloop.settings import load_settings
+from visionloop.spark_jobs.infer_images import InferenceReport
 from visionloop.tasks.embed import refresh_feature_store
 from visionloop.tasks.labelling import (
     connect_label_studio,
@@ -33,8 +38,29 @@ from visionloop.tasks.spark import start_spark
 from visionloop.tasks.train import connect_tracking, snapshot_lake
 
 
+@dataclass(frozen=True)
+class NightlyResult:
+    """What each stage of one night did, in the order they ran.
+
+    ``train`` and ``score`` are None when training is off (``train=False``), ``score`` also
+    when there is no champion; ``feature_views`` is None when ``feature_store.materialise``
+    is off.
+    """
+
+    labels: SyncResult
+    ingest: IngestResult
+    embed: EmbedResult
+    drift: DriftCheck
+    train: TrainResult | None
+    score: InferenceReport | None  # the champion's predictions after training
+    feature_views: list[str] | None
+    maintenance: list[Compacted]
+    decision: NightlyDecision
+    handoff: HandoffResult
+
+
 @flow(name="nightly", log_prints=True)
-def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
+def nightly(params: NightlyParameters = NightlyParameters()) -> NightlyResult:
     """The whole loop on tonight's batch; each branch of the decision is recorded."""
     settings = load_settings(params.config)
     tracking = connect_tracking(settings)  # an unreachable store fails before anything runs
@@ -43,29 +69,42 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> dict[str, Any]:
     studio = connect_label_studio(settings, return_state=True).result(raise_on_failure=False)
     studio = studio if isinstance(studio, LabelStudio) else None
     spark = start_spark(settings)
-    result: dict[str, Any] = {"labels": sync_annotations(settings, studio)}
-    ingested = result["ingest"] = ingest_batch(spark, settings, params)
+    labels = sync_annotations(settings, studio)
+    ingested = ingest_batch(spark, settings, params)
     batch_ids = ingested.batch_ids  # none on a night when nothing new arrived
     snapshot = snapshot_lake(settings)
-    result["embed"] = embed_stage(spark, settings, snapshot, tracking, batch_ids)
+    embedded = embed_stage(spark, settings, snapshot, tracking, batch_ids)
     score_images(spark, settings, snapshot, tracking)  # tonight's images, by the champion
-    version = result["embed"]["embeddings"]["embedder_version"]
-    result["drift"] = check_drift(settings, snapshot, tracking, version, batch_ids)
+    version = embedded.embeddings.version
+    drift = check_drift(settings, snapshot, tracking, version, batch_ids)
+    trained, scored = None, None
     if params.train:
         gate = ingested.gate  # None: nothing arrived, so no batch was gated tonight
-        keys = ("passed", "overridden", "batch_id")
-        expectations = {key: gate[key] for key in keys} if gate else None
+        expectations = (
+            {"passed": gate.passed, "overridden": gate.overridden, "batch_id": gate.batch_id}
+            if gate
+            else None
+        )
         training = TrainParameters(force=params.force_training, config=params.config)
-        result["train"] = train_and_promote(tracking, settings, snapshot, training, expectations)
-        result["score"] = score_images(spark, settings, snapshot, tracking)  # a new champion
-    if settings.feature_store.materialise:
-        result["feature_views"] = refresh_feature_store(settings)
-    result["maintenance"] = maintain_lake(settings, tracking, version)
-    plan = result.get("train", {}).get("plan", {"action": "skip", "reason": "training is off"})
-    drift = result["drift"]
-    decision = decide_night(plan["action"], plan["reason"], drift["drifted"], drift["note"])
-    result["decision"] = publish_decision(decision)
-    drifted = drift["drifted_ids"]
-    queued = queue_for_annotation(settings, snapshot, tracking, studio, version, drifted)
-    result["handoff"] = {"queued": queued, "sent": send_to_label_studio(settings)}
-    return result
+        trained = train_and_promote(tracking, settings, snapshot, training, expectations)
+        scored = score_images(spark, settings, snapshot, tracking)  # a new champion
+    feature_views = refresh_feature_store(settings) if settings.feature_store.materialise else None
+    maintenance = maintain_lake(settings, tracking, version)
+    action, reason = (
+        (trained.plan.action, trained.plan.reason) if trained else ("skip", "training is off")
+    )
+    decision = publish_decision(decide_night(action, reason, drift.drifted, drift.note))
+    queued = queue_for_annotation(settings, snapshot, tracking, studio, version, drift.drifted_ids)
+    handoff = HandoffResult(queued, send_to_label_studio(settings))
+    return NightlyResult(
+        labels=labels,
+        ingest=ingested,
+        embed=embedded,
+        drift=drift,
+        train=trained,
+        score=scored,
+        feature_views=feature_views,
+        maintenance=maintenance,
+        decision=decision,
+        handoff=handoff,
+    )

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from visionloop.parameters import PromoteParameters
+from visionloop.registry.promotion import PromotionResult
 from visionloop.settings import load_settings
 from visionloop.tasks.train import connect_tracking, promote_model, snapshot_lake
 
 
 @flow(name="promote", log_prints=True)
-def promote(params: PromoteParameters = PromoteParameters()) -> dict[str, Any]:
+def promote(params: PromoteParameters = PromoteParameters()) -> PromotionResult:
     """Promote the given version (default: the ``challenger`` alias) if it beats the champion."""
     settings = load_settings(params.config)
     tracking = connect_tracking(settings)

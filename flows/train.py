@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,7 +10,9 @@ from prefect import flow
 
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.parameters import TrainParameters
-from visionloop.registry.tracking import Tracking
+from visionloop.registry.challenger import Challenger, TrainingPlan
+from visionloop.registry.promotion import PromotionResult
+from visionloop.registry.tracking import ChampionSummary, Tracking
 from visionloop.settings import Settings, load_settings
 from visionloop.tasks.train import (
     connect_tracking,
@@ -21,8 +24,29 @@ from visionloop.tasks.train import (
 )
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """What the train stage did: its plan, the challenger trained (if any), the promotion
+    (None when skipped or not asked for) and the champion afterwards.
+
+    The plan says why a run skipped (``plan.reason``) or which version it reused
+    (``plan.version``).
+    """
+
+    plan: TrainingPlan
+    snapshot_id: str
+    challenger: Challenger | None = None
+    promotion: PromotionResult | None = None
+    champion: ChampionSummary | None = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether a new challenger was trained tonight (not skipped, not reused)."""
+        return self.challenger is not None
+
+
 @flow(name="train", log_prints=True)
-def train(params: TrainParameters = TrainParameters()) -> dict[str, Any]:
+def train(params: TrainParameters = TrainParameters()) -> TrainResult:
     """Fine-tune a challenger on the lake and put it through the champion/challenger gate."""
     settings = load_settings(params.config)
     tracking = connect_tracking(settings)
@@ -35,24 +59,17 @@ def train_and_promote(
     snapshot: LakeSnapshot,
     params: TrainParameters,
     expectations: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> TrainResult:
     """The train and promote steps on one snapshot, for flows that hold the resources."""
     decided = plan(tracking, settings, snapshot, params.force)
-    result: dict[str, Any] = {"plan": decided.to_dict(), "snapshot_id": snapshot.id}
     if decided.action == "skip":
-        return result | {
-            "trained": False,
-            "skip_reason": decided.reason,
-            "champion": describe_champion(tracking),
-        }
+        return TrainResult(decided, snapshot.id, champion=describe_champion(tracking))
+    challenger = None
     if decided.action == "reuse":
         version = decided.version
-        result |= {"trained": False, "reused_version": version}
     else:
         output_dir = settings.runs_dir / f"train-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
         challenger = train_model(tracking, settings, snapshot, decided, output_dir, expectations)
-        result |= {"trained": True, "challenger": challenger}
-        version = challenger["version"]
-    if params.promote:
-        result["promotion"] = promote_model(tracking, settings, snapshot, version)
-    return result | {"champion": describe_champion(tracking)}
+        version = challenger.version.version
+    promotion = promote_model(tracking, settings, snapshot, version) if params.promote else None
+    return TrainResult(decided, snapshot.id, challenger, promotion, describe_champion(tracking))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -93,18 +94,36 @@ def todo_images(spark: SparkSession, snapshot: LakeSnapshot, done: DataFrame | N
     return images.join(ids.select("image_id"), "image_id", "left_semi")
 
 
+@dataclass(frozen=True)
+class InferenceReport:
+    """One run of an inference job: its batch, the model version, the snapshot, rows written."""
+
+    batch_id: str
+    table: str
+    version_column: str  # embedder_version or model_version, as in the table
+    version: str
+    snapshot_id: str
+    written: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """The batch report committed with the rows (``_batches/<batch_id>.json``)."""
+        return {
+            "batch_id": self.batch_id,
+            "table": self.table,
+            self.version_column: self.version,
+            "snapshot_id": self.snapshot_id,
+            "written": self.written,
+        }
+
+
 def run_inference(
     spark: SparkSession, settings: Settings, snapshot: LakeSnapshot, inference: Inference
-) -> dict[str, Any]:
+) -> InferenceReport:
     """Commit ``inference``'s rows for the snapshot's images that lack them; the batch report."""
     batch_id = versioned_batch_id(inference.table, inference.version)
-    report: dict[str, Any] = {
-        "batch_id": batch_id,
-        "table": inference.table,
-        inference.version_column: inference.version,
-        "snapshot_id": snapshot.id,
-        "written": 0,
-    }
+    report = InferenceReport(
+        batch_id, inference.table, inference.version_column, inference.version, snapshot.id
+    )
     if not snapshot.files:
         return report
     with lake.writer(settings, f"{inference.table} {inference.version}"):
@@ -119,9 +138,9 @@ def run_inference(
         )
         partitions = settings.spark_partitions or 2 * spark.sparkContext.defaultParallelism
         written = todo.repartition(partitions).mapInArrow(body, WRITTEN_DDL).collect()
-        report["written"] = sum(row["rows"] for row in written)
-        if report["written"]:
-            lake.commit(settings, batch_id, report)
+        report = replace(report, written=sum(row["rows"] for row in written))
+        if report.written:
+            lake.commit(settings, batch_id, report.record())
         else:
             lake.discard(settings, batch_id)
     return report

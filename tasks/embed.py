@@ -3,8 +3,6 @@ and the feature store."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,12 +13,13 @@ from visionloop.embeddings import feature_store as features
 from visionloop.embeddings.embedder import current_embedder, embedding_job
 from visionloop.embeddings.index import VectorIndex, index_dir, updated_index
 from visionloop.embeddings.leakage import check_batches, pairs_markdown, pairs_table
+from visionloop.embeddings.results import IndexUpdate, LeakageResult
 from visionloop.lake.exclusions import exclude
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.quality.gate import enforce, leakage_gate
 from visionloop.registry.tracking import Tracking
 from visionloop.settings import Settings
-from visionloop.spark_jobs.infer_images import run_inference
+from visionloop.spark_jobs.infer_images import InferenceReport, run_inference
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NONE)
@@ -31,32 +30,32 @@ def embedder_version(settings: Settings, tracking: Tracking) -> str:
 @task(retries=1, retry_delay_seconds=10, cache_policy=NONE)
 def embed_images(
     spark: SparkSession, settings: Settings, snapshot: LakeSnapshot, tracking: Tracking
-) -> dict[str, Any]:
+) -> InferenceReport:
     """Vectors for the snapshot's images that have none for the current embedder version."""
     job = embedding_job(settings, current_embedder(settings, tracking))
     report = run_inference(spark, settings, snapshot, job)
     create_table_artifact(
         key="embeddings",
-        table=[{"measure": key, "value": str(value)} for key, value in report.items()],
+        table=[{"measure": key, "value": str(value)} for key, value in report.record().items()],
         description=f"Embeddings, version {job.version}",
     )
-    get_run_logger().info("embedded %d images (%s)", report["written"], job.version)
+    get_run_logger().info("embedded %d images (%s)", report.written, job.version)
     return report
 
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NONE)
-def update_index(settings: Settings, embedder_version: str) -> dict[str, Any]:
+def update_index(settings: Settings, embedder_version: str) -> IndexUpdate:
     """Grow (or build) the persisted index of the embedder version."""
     index, added = updated_index(
         settings.index_dir, settings.lake_dir, embedder_version, settings.similarity
     )
-    return {"embedder_version": embedder_version, "vectors": len(index), "added": added}
+    return IndexUpdate(embedder_version, len(index), added)
 
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NONE)
 def check_leakage(
     settings: Settings, snapshot: LakeSnapshot, embedder_version: str, batch_ids: list[str]
-) -> dict[str, Any]:
+) -> LeakageResult:
     """Near-duplicates and cross-split leakage of the batches' images; the expectation on the
     leakage rate (critical when ``leakage.severity`` says so) stops the flow."""
     index = VectorIndex.load(index_dir(settings.index_dir, embedder_version), settings.similarity)
@@ -76,12 +75,7 @@ def check_leakage(
         key="leakage-pairs", markdown=pairs_markdown(found.pairs, found.images)
     )
     enforce(gate)
-    return {
-        **summary,
-        "report": str(report),
-        "gate_passed": gate.passed,
-        "warnings": len(gate.warnings),
-    }
+    return LeakageResult(found.summary, len(copies), report, gate)
 
 
 @task(retries=2, retry_delay_seconds=10, cache_policy=NONE)

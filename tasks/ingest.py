@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pyarrow.dataset as ds
 from prefect import task
@@ -15,6 +14,7 @@ from visionloop.ingest.landing import LandingSource, archive_placed
 from visionloop.ingest.ledger import ARRIVALS
 from visionloop.ingest.report import IngestReport
 from visionloop.lake import commit as lake
+from visionloop.quality.gate import GateResult
 from visionloop.settings import Settings
 from visionloop.spark_jobs.preprocess_images import stage_batch
 from visionloop.tasks.retrying import transient_only
@@ -54,7 +54,7 @@ def hold_batch(settings: Settings, report: IngestReport) -> Path:
 
 
 @task(cache_policy=NONE)
-def publish_ingest_report(report: IngestReport, gate: dict[str, Any] | None) -> None:
+def publish_ingest_report(report: IngestReport, gate: GateResult | None) -> None:
     """Publish the batch counts and gate outcome as Prefect artifacts."""
     create_table_artifact(
         key="ingest-counts", table=report.counts(), description=f"Batch {report.batch_id}"
@@ -67,13 +67,13 @@ def publish_ingest_report(report: IngestReport, gate: dict[str, Any] | None) -> 
         )
         return
     create_table_artifact(
-        key="expectations", table=gate["outcomes"], description="Great Expectations results"
+        key="expectations", table=gate.summary_rows(), description="Great Expectations results"
     )
-    verdict = "passed" if gate["passed"] else "FAILED"
-    if gate["overridden"]:
+    verdict = "passed" if gate.passed else "FAILED"
+    if gate.overridden:
         verdict += " (failing batch accepted by operator override)"
     create_markdown_artifact(
         key="data-docs",
         markdown=f"Quality gate **{verdict}** for batch `{report.batch_id}`.\n\n"
-        f"Data Docs: [{gate['data_docs']}](file://{gate['data_docs']})",
+        f"Data Docs: [{gate.data_docs}](file://{gate.data_docs})",
     )

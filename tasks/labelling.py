@@ -7,7 +7,7 @@ down fails the flow with a clear message and the tasks wait for the next run.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -17,6 +17,8 @@ from visionloop.labelling.client import LabelStudio, configured_or_running
 from visionloop.labelling.handoff import (
     OpenQueue,
     Outbox,
+    Queued,
+    Sent,
     choices,
     prepare,
     refresh,
@@ -25,7 +27,7 @@ from visionloop.labelling.handoff import (
 )
 from visionloop.labelling.handoff import task as task_entry
 from visionloop.labelling.server import files_root
-from visionloop.labelling.sync import run_sync
+from visionloop.labelling.sync import SyncResult, run_sync
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.registry.served_model import model_files
 from visionloop.registry.tracking import CHAMPION, Tracking
@@ -39,7 +41,7 @@ def outbox(settings: Settings) -> Outbox:
     return Outbox(settings.labelling_dir / "outbox.json", settings.lake_lock_timeout_s)
 
 
-def _table(key: str, counts: dict[str, Any], description: str) -> None:
+def _table(key: str, counts: Mapping[str, object], description: str) -> None:
     rows = [{"measure": name, "value": str(value)} for name, value in counts.items()]
     create_table_artifact(key=key, table=rows, description=description)
 
@@ -51,16 +53,16 @@ def connect_label_studio(settings: Settings) -> LabelStudio | None:
 
 
 @task(retries=2, retry_delay_seconds=10, cache_policy=NONE)
-def sync_annotations(settings: Settings, studio: LabelStudio | None) -> dict[str, Any]:
+def sync_annotations(settings: Settings, studio: LabelStudio | None) -> SyncResult:
     """Completed annotations since the cursor become label events (or reviews)."""
     if studio is None:
-        return {"labels synced": 0, "why": "no Label Studio configured or running"}
+        return SyncResult(skipped="no Label Studio configured or running")
     project = studio.find_project(settings.registered_model_name)
     if project is None:
-        return {"labels synced": 0, "why": "no labelling project yet"}
-    counts = run_sync(settings, studio, project).counts()
-    _table("label-sync", counts, f"Annotations from {studio.url}, project {project}")
-    return counts
+        return SyncResult(skipped="no labelling project yet")
+    synced = run_sync(settings, studio, project)
+    _table("label-sync", synced.counts(), f"Annotations from {studio.url}, project {project}")
+    return synced
 
 
 def _champion(settings: Settings, tracking: Tracking) -> tuple[str, ImageClassifier] | None:
@@ -79,7 +81,7 @@ def queue_for_annotation(
     studio: LabelStudio | None,
     embedder_version: str,
     drifted: list[str],
-) -> dict[str, Any]:
+) -> Queued:
     """Select tonight's images (drifted first) and queue their tasks in the outbox, up to
     ``labelling.max_open_tasks`` open tasks; the summary says how many were held back."""
     champion = _champion(settings, tracking)
@@ -102,21 +104,21 @@ def queue_for_annotation(
         write_files(files_root(settings), FOLDER, [*chosen, *refreshed], version or "none")
         queued = box.add([task_entry(item, FOLDER, version) for item in chosen])
         box.add([task_entry(item, FOLDER, version) for item in refreshed])  # open already
-    summary = {
-        "selected": len(chosen),
-        "of which drifted": len(set(drifted) & {item.image_id for item in chosen}),
-        "of which test split": prepared.test_split,
-        "queued": queued,
-        "held back": prepared.held_back,
-        "open tasks": queue.open + queued,
-        "open tasks to refresh": len(refreshed),
-        "strategy": settings.labelling.strategy if champion else "cold start: k-means medoids",
-        "model version": version or "none yet",
-    }
-    if why := queue.why_held_back(prepared.held_back):
-        summary["why held back"] = why
-        get_run_logger().warning("handoff: %s", why)
-    _table("handoff-selection", summary, "Images selected for annotation tonight")
+    summary = Queued(
+        selected=len(chosen),
+        drifted=len(set(drifted) & {item.image_id for item in chosen}),
+        test_split=prepared.test_split,
+        queued=queued,
+        held_back=prepared.held_back,
+        open_tasks=queue.open + queued,
+        to_refresh=len(refreshed),
+        strategy=settings.labelling.strategy if champion else "cold start: k-means medoids",
+        model_version=version,
+        why_held_back=queue.why_held_back(prepared.held_back),
+    )
+    if summary.why_held_back:
+        get_run_logger().warning("handoff: %s", summary.why_held_back)
+    _table("handoff-selection", summary.counts(), "Images selected for annotation tonight")
     return summary
 
 
@@ -144,12 +146,12 @@ def _open_queue(
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NONE)
-def send_to_label_studio(settings: Settings) -> dict[str, Any]:
+def send_to_label_studio(settings: Settings) -> Sent:
     """Import the outbox (tasks Label Studio lacks only); without one, keep it as a file."""
     box = outbox(settings)
     studio = configured_or_running(settings)  # raises, naming the fix, if configured but down
     if studio is None:
-        summary = {"imported": 0, "where": f"{box.path}: no Label Studio running, import it there"}
+        sent = Sent(0, 0, 0, f"{box.path}: no Label Studio running, import it there")
     else:
         spec = box.project() or {
             "title": settings.registered_model_name,
@@ -159,12 +161,6 @@ def send_to_label_studio(settings: Settings) -> dict[str, Any]:
         storage = None if settings.labelling.url else str(files_root(settings) / FOLDER)
         project = studio.project(spec["title"], spec["classes"], spec["overlay"], storage)
         sent = send(studio, project, box)
-        summary = {
-            "imported": sent.imported,
-            "open tasks refreshed": sent.refreshed,
-            "already in Label Studio": sent.already_there,
-            "where": f"{studio.url}/projects/{project}",
-        }
-    get_run_logger().info("handoff: %s", summary)
-    _table("handoff", summary, "Tasks handed to Label Studio")
-    return summary
+    get_run_logger().info("handoff: %s", sent)
+    _table("handoff", sent.counts(), "Tasks handed to Label Studio")
+    return sent

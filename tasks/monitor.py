@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -10,7 +10,7 @@ from prefect.cache_policies import NONE
 
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.monitoring.decision import NightlyDecision
-from visionloop.monitoring.drift import DriftInputError, drift_report, save
+from visionloop.monitoring.drift import DriftCheck, DriftInputError, DriftResult, drift_report, save
 from visionloop.monitoring.inputs import drift_sets
 from visionloop.registry.tracking import CHAMPION, Tracking
 from visionloop.settings import Settings
@@ -23,17 +23,17 @@ def check_drift(
     tracking: Tracking,
     embedder_version: str,
     batch_ids: list[str],
-) -> dict[str, Any]:
+) -> DriftCheck:
     """Evidently drift of ``batch_ids`` against the champion's training images; the record."""
     if not batch_ids:
-        return {"drifted": None, "note": "no new images tonight", "drifted_ids": []}
+        return DriftCheck(None, "no new images tonight")
     champion = tracking.alias_version(CHAMPION)
     if champion is None:
-        return {"drifted": None, "note": "no champion yet, so no reference", "drifted_ids": []}
+        return DriftCheck(None, "no champion yet, so no reference")
     trained_on = tracking.training_snapshot(champion)
     if trained_on is None:
         note = f"champion v{champion} has no logged training snapshot; retrain to judge drift"
-        return {"drifted": None, "note": note, "drifted_ids": []}
+        return DriftCheck(None, note)
     sets = drift_sets(
         snapshot,
         embedder_version,
@@ -47,45 +47,41 @@ def check_drift(
         result, report = drift_report(sets.reference, sets.current, settings.drift)
     except DriftInputError as error:
         get_run_logger().info("drift not judged: %s", error)
-        return {"drifted": None, "note": str(error), "drifted_ids": []}
+        return DriftCheck(None, str(error))
     name = "-".join(sorted(batch_ids))[:120] or "lake"
     files = save(report, result, settings.reports_dir / "drift", name)
     run_id = tracking.client.get_model_version(tracking.model_name, champion).run_id
     tracking.client.log_artifact(run_id, str(files["html"]), "drift")
-    _publish(result.to_dict(), files["html"], champion)
-    return {
-        **result.to_dict(),
-        "note": result.reason,
-        "report": str(files["html"]),
-        "drifted_ids": sets.current_ids if result.drifted else [],
-    }
+    _publish(result, files["html"], champion)
+    drifted_ids = sets.current_ids if result.drifted else []
+    return DriftCheck(result, result.reason, files["html"], drifted_ids)
 
 
-def _publish(result: dict[str, Any], html: Any, champion: str) -> None:
+def _publish(result: DriftResult, html: Path, champion: str) -> None:
     create_table_artifact(
         key="drift",
         table=[
             {
-                "method": method["method"],
-                "score": round(method["score"], 5),
-                "threshold": method["threshold"],
-                "drifted": method["drifted"],
+                "method": method.method,
+                "score": round(method.score, 5),
+                "threshold": method.threshold,
+                "drifted": method.drifted,
             }
-            for method in result["methods"]
+            for method in result.methods
         ],
-        description=result["reason"],
+        description=result.reason,
     )
     create_markdown_artifact(
         key="drift-report",
-        markdown=f"Drift against champion v{champion}: **{result['reason']}**\n\n"
+        markdown=f"Drift against champion v{champion}: **{result.reason}**\n\n"
         f"Evidently report: [{html}](file://{html})",
     )
 
 
 @task(cache_policy=NONE)
-def publish_decision(decision: NightlyDecision) -> dict[str, Any]:
+def publish_decision(decision: NightlyDecision) -> NightlyDecision:
     """The night's decision and its reason, as one table."""
     create_table_artifact(
         key="nightly-decision", table=[decision.row()], description=decision.reason
     )
-    return decision.row()
+    return decision

@@ -15,9 +15,14 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from visionloop.lake.snapshot import LakeSnapshot, take
-from visionloop.registry.challenger import TrainingPlan, plan_training, train_challenger
-from visionloop.registry.promotion import promote
-from visionloop.registry.tracking import Tracking
+from visionloop.registry.challenger import (
+    Challenger,
+    TrainingPlan,
+    plan_training,
+    train_challenger,
+)
+from visionloop.registry.promotion import PromotionResult, promote
+from visionloop.registry.tracking import ChampionSummary, Tracking
 from visionloop.settings import Settings
 
 
@@ -63,7 +68,7 @@ def train_model(
     training_plan: TrainingPlan,
     output_dir: Path,
     expectations: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> Challenger:
     """DDP fine-tuning under torchrun (logs stream into this task), then register.
 
     A retry resumes from the last epoch's checkpoint in ``output_dir``.
@@ -78,11 +83,11 @@ def train_model(
         table=[{"measure": key, "value": value} for key, value in summary.items()],
         description=f"Challenger v{summary['version']} of {tracking.model_name}",
     )
-    return summary
+    return challenger
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NONE)
-def describe_champion(tracking: Tracking) -> dict[str, Any] | None:
+def describe_champion(tracking: Tracking) -> ChampionSummary | None:
     """The champion's version and test metrics, for the run's summary."""
     return tracking.champion()
 
@@ -90,7 +95,7 @@ def describe_champion(tracking: Tracking) -> dict[str, Any] | None:
 @task(retries=2, retry_delay_seconds=10, cache_policy=NONE)
 def promote_model(
     tracking: Tracking, settings: Settings, snapshot: LakeSnapshot, version: str | None
-) -> dict[str, Any]:
+) -> PromotionResult:
     """The champion/challenger gate; the decision with its numbers becomes an artifact."""
     result = promote(tracking, settings, snapshot, version)
     create_table_artifact(
@@ -98,10 +103,4 @@ def promote_model(
         table=result.rows,
         description=f"{result.name} v{result.challenger_version}: {result.decision.reason}",
     )
-    return {
-        "promoted": result.decision.promoted,
-        "reason": result.decision.reason,
-        "challenger_version": result.challenger_version,
-        "champion_version": result.champion_after,
-        "replayed": result.replayed,
-    }
+    return result

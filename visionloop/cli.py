@@ -14,11 +14,18 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from visionloop.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:  # the flows import Prefect and Spark: not on ``--help``
+    from visionloop.flows.ingest import IngestResult
+    from visionloop.flows.nightly import NightlyResult
+    from visionloop.flows.train import TrainResult
+    from visionloop.registry.promotion import PromotionResult
+    from visionloop.registry.tracking import ChampionSummary
 
 EXIT_FAILED, EXIT_USAGE, EXIT_GATE, EXIT_UNREACHABLE = 1, 2, 3, 4
 DEPLOYMENTS = (
@@ -176,7 +183,7 @@ def ingest(
             accept_failing_batch=accept_failing_batch,
             config=str(config) if config else None,
         )
-    print_summary(settings, {"ingest": _run(lambda: ingest_flow(params))})
+    typer.echo("\n".join(_ingest_lines(settings, _run(lambda: ingest_flow(params)))))
 
 
 @app.command("fashion-mnist")
@@ -232,12 +239,12 @@ def train(
     ] = False,
 ) -> None:
     """Train a challenger on the lake and put it through the promotion gate."""
-    _settings(config)
+    settings = _settings(config)
     from visionloop.flows.train import train as train_flow
     from visionloop.parameters import TrainParameters
 
     params = TrainParameters(force=force, config=str(config) if config else None)
-    typer.echo(json.dumps(_run(lambda: train_flow(params)), indent=2, default=str))
+    typer.echo("\n".join(_training_lines(settings, _run(lambda: train_flow(params)))))
 
 
 @app.command()
@@ -253,7 +260,9 @@ def promote(
     from visionloop.parameters import PromoteParameters
 
     params = PromoteParameters(version=version, config=str(config) if config else None)
-    typer.echo(json.dumps(_run(lambda: promote_flow(params)), indent=2, default=str))
+    result = _run(lambda: promote_flow(params))
+    champion = f"{result.name} v{result.champion_after}" if result.champion_after else "none yet"
+    typer.echo(f"{_promotion_line(result)}\nchampion:           {champion}")
 
 
 @app.command()
@@ -349,97 +358,110 @@ def compact(config: ConfigOption = None) -> None:
         )
 
 
-def print_summary(settings: Settings, result: dict) -> None:
-    """Where the outputs of a run are, and what it counted."""
-    report, gate = result["ingest"].report, result["ingest"].gate
+def print_summary(settings: Settings, night: NightlyResult) -> None:
+    """Where the outputs of a night are, and what each stage counted and decided."""
+    lines = _ingest_lines(settings, night.ingest)
+    lines += _training_lines(settings, night.train)
+    lines += _loop_lines(settings, night)
+    typer.echo("\n".join(lines))
+
+
+def _ingest_lines(settings: Settings, ingested: IngestResult) -> list[str]:
+    """What an ingest listed, read and wrote, its gate, and where the lake keeps it."""
+    report, gate = ingested.report, ingested.gate
     reasons = ", ".join(f"{k}={v}" for k, v in report.quarantined_by_reason.items()) or "none"
     lines = [
         f"landing: {report.listed} files listed, {report.skipped} already placed, "
         f"{report.read} read",
     ]
-    if report.arrived:
+    if report.arrived and gate is not None:
         lines += [
             f"batch {report.batch_id}: {report.written} written, {report.duplicates} "
             f"duplicates, {report.quarantined} quarantined ({reasons})"
             + (f", {report.archived} archived" if report.archived else ""),
-            f"quality gate: {'passed' if gate['passed'] else 'failed'}"
-            + (" (operator override)" if gate["overridden"] else ""),
-            f"Data Docs:          {gate['data_docs']}",
+            f"quality gate: {'passed' if gate.passed else 'failed'}"
+            + (" (operator override)" if gate.overridden else ""),
+            f"Data Docs:          {gate.data_docs}",
             f"run settings:       {settings.runs_dir / report.batch_id / 'settings.yaml'}",
         ]
     else:
         lines.append("nothing new arrived: no batch tonight")
-    lines += [
+    return [
+        *lines,
         f"images (Parquet):   {settings.images_dir}",
         f"TFRecord shards:    {settings.tfrecord_dir}",
         f"quarantine:         {settings.quarantine_dir}",
         f"arrival ledger:     {settings.lake_dir / 'arrivals'}",
     ]
-    lines += _training_lines(settings, result.get("train"))
-    lines += _loop_lines(settings, result)
-    typer.echo("\n".join(lines))
 
 
-def _loop_lines(settings: Settings, result: dict) -> list[str]:
+def _loop_lines(settings: Settings, night: NightlyResult) -> list[str]:
     """Where the nightly's later stages left their outputs, and what they decided."""
-    lines = []
-    if embed := result.get("embed"):
-        lines += [
-            f"embeddings:         {settings.lake_dir / 'embeddings'} "
-            f"({embed['embeddings']['embedder_version']})",
-            f"similar images:     {settings.index_dir} (visionloop similar FILE_OR_ID)",
-        ]
-        if leakage := embed["leakage"]:
-            lines.append(
-                f"leakage:            {leakage['leaked_images']} of {leakage['images']} new "
-                f"images leak across splits ({leakage['excluded']} excluded from training); "
-                f"pairs in {leakage['report']}"
-            )
+    embed, drift = night.embed, night.drift
+    lines = [
+        f"embeddings:         {settings.lake_dir / 'embeddings'} ({embed.embeddings.version})",
+        f"similar images:     {settings.index_dir} (visionloop similar FILE_OR_ID)",
+    ]
+    if leakage := embed.leakage:
+        summary = leakage.summary
         lines.append(
-            f"Feast repository:   feature_repo/ (registry and online store in {settings.feast_dir})"
+            f"leakage:            {summary.leaked_images} of {summary.images} new "
+            f"images leak across splits ({leakage.excluded} excluded from training); "
+            f"pairs in {leakage.report}"
         )
-    if drift := result.get("drift"):
-        where = f"; report {drift['report']}" if drift.get("report") else ""
-        lines.append(f"drift:              {drift['note']}{where}")
-    if "score" in result or embed:
-        lines.append(f"predictions:        {settings.lake_dir / 'predictions'}")
-    if decision := result.get("decision"):
-        lines.append(f"tonight's decision: {decision['action']} ({decision['reason']})")
-    if handoff := result.get("handoff"):
-        queued, sent = handoff["queued"], handoff["sent"]
-        lines.append(
-            f"labelling queue:    {queued['selected']} images selected, "
-            f"{sent.get('imported', 0)} imported; {sent['where']}"
-        )
+    lines += [
+        f"Feast repository:   feature_repo/ (registry and online store in {settings.feast_dir})",
+        f"drift:              {drift.note}" + (f"; report {drift.report}" if drift.report else ""),
+        f"predictions:        {settings.lake_dir / 'predictions'}",
+        f"tonight's decision: {night.decision.action} ({night.decision.reason})",
+    ]
+    queued, sent = night.handoff.queued, night.handoff.sent
+    lines.append(
+        f"labelling queue:    {queued.selected} images selected, {sent.imported} imported; "
+        f"{sent.where}"
+    )
     return lines
 
 
-def _training_lines(settings: Settings, train_result: dict | None) -> list[str]:
-    if train_result is None:
+def _training_lines(settings: Settings, trained: TrainResult | None) -> list[str]:
+    """The training plan's outcome, the promotion's reason, and the champion after."""
+    if trained is None:
         return []
     from visionloop.registry.tracking import redact
 
     lines = [f"MLflow:             {redact(settings.resolved_mlflow_uri)}"]
-    if "skip_reason" in train_result:
-        lines.append(f"training skipped:   {train_result['skip_reason']}")
-    if "challenger" in train_result:
-        challenger = train_result["challenger"]
+    plan = trained.plan
+    if plan.action == "skip":
+        lines.append(f"training skipped:   {plan.reason}")
+    elif plan.action == "reuse":
+        lines.append(f"challenger:         v{plan.version} reused ({plan.reason})")
+    if challenger := trained.challenger:
         lines.append(
-            f"challenger:         v{challenger['version']} test accuracy "
-            f"{challenger['test_accuracy']:.3f}, macro-F1 {challenger['test_macro_f1']:.3f}"
+            f"challenger:         v{challenger.version.version} test accuracy "
+            f"{challenger.test.accuracy:.3f}, macro-F1 {challenger.test.macro_f1:.3f}"
         )
-    if "promotion" in train_result:
-        lines.append(f"promotion:          {train_result['promotion']['reason']}")
-    champion = train_result.get("champion")
-    if champion:
-        lines.append(
-            f"champion:           {settings.registered_model_name} v{champion['version']}, "
-            f"test accuracy {champion['test_accuracy']:.3f} "
-            f"(models:/{settings.registered_model_name}@champion)"
-        )
-    else:
-        lines.append("champion:           none yet")
-    return lines
+    if trained.promotion is not None:
+        lines.append(_promotion_line(trained.promotion))
+    return [*lines, _champion_line(settings, trained.champion)]
+
+
+def _promotion_line(promotion: PromotionResult) -> str:
+    verdict = "promoted" if promotion.decision.promoted else "not promoted"
+    replayed = " (decided earlier)" if promotion.replayed else ""
+    return (
+        f"promotion:          v{promotion.challenger_version} {verdict}{replayed}: "
+        f"{promotion.decision.reason}"
+    )
+
+
+def _champion_line(settings: Settings, champion: ChampionSummary | None) -> str:
+    if champion is None:
+        return "champion:           none yet"
+    return (
+        f"champion:           {settings.registered_model_name} v{champion.version}, "
+        f"test accuracy {champion.test_accuracy:.3f} "
+        f"(models:/{settings.registered_model_name}@champion)"
+    )
 
 
 if __name__ == "__main__":

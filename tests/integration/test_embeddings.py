@@ -48,21 +48,22 @@ def test_embeddings_are_incremental_by_image_and_version(spark, settings) -> Non
     source = EmbedderSource("tf_efficientnet_lite0", "packaged", 32, image_options(settings))
     job = embedding_job(settings, source)
     first = run_inference(spark, settings, take(settings.lake_dir), job)
-    assert first["written"] == 150 and first["embedder_version"] == source.version
+    assert first.written == 150 and first.version == source.version
+    assert first.record()["embedder_version"] == source.version  # the committed batch report
     schema = pq.read_schema(next((settings.lake_dir / "embeddings").glob("*/*.parquet")))
     assert str(schema.field("vector").type) == "fixed_size_list<element: float>[1280]"
     assert str(schema.field("fingerprint").type) == "fixed_size_list<element: float>[256]"
 
     again = run_inference(spark, settings, take(settings.lake_dir), job)
-    assert again["written"] == 0 and not (settings.staging_dir / again["batch_id"]).exists()
+    assert again.written == 0 and not (settings.staging_dir / again.batch_id).exists()
 
     commit_rows(settings, image_rows(20, size=32, offset=2000), batch_id="later")
     later = run_inference(spark, settings, take(settings.lake_dir), job)
-    assert later["written"] == 20
+    assert later.written == 20
 
     other = embedding_job(settings, dataclasses.replace(source, input_size=48))
     assert other.version != job.version
-    assert run_inference(spark, settings, take(settings.lake_dir), other)["written"] == 170
+    assert run_inference(spark, settings, take(settings.lake_dir), other).written == 170
     table = _table(settings, "embeddings")
     counts = table.group_by("embedder_version").aggregate([("image_id", "count_distinct")])
     assert sorted(counts["image_id_count_distinct"].to_pylist()) == [170, 170]
@@ -95,8 +96,8 @@ def test_scoring_writes_calibrated_predictions_once_per_model_version(
     assert temperature == pytest.approx(1.7)
     job = ScoringJob(str(model_pt), temperature, "vl-test", "1")
     snapshot = take(settings.lake_dir)
-    assert run_inference(spark, settings, snapshot, job)["written"] == snapshot.rows
-    assert run_inference(spark, settings, snapshot, job)["written"] == 0
+    assert run_inference(spark, settings, snapshot, job).written == snapshot.rows
+    assert run_inference(spark, settings, snapshot, job).written == 0
     predictions = _table(settings, "predictions").to_pandas()
     probabilities = np.stack(predictions["probabilities"].to_numpy())
     assert np.allclose(probabilities.sum(axis=1), 1.0)
@@ -107,7 +108,7 @@ def test_scoring_writes_calibrated_predictions_once_per_model_version(
     assert (predictions["label"] == [labels[i] for i in probabilities.argmax(axis=1)]).all()
 
     rescored = dataclasses.replace(job, model_version="2")  # a new champion rescores all
-    assert run_inference(spark, settings, snapshot, rescored)["written"] == snapshot.rows
+    assert run_inference(spark, settings, snapshot, rescored).written == snapshot.rows
 
 
 def _correct_a_label(settings, image_id: str, label: str, at: datetime) -> None:

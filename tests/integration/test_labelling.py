@@ -41,7 +41,7 @@ from visionloop.flows.nightly import nightly
 from visionloop.flows.score import score
 from visionloop.ingest.landing import LandingSource
 from visionloop.labelling.client import VIEW_TITLE, LabelStudio, choice_result
-from visionloop.labelling.handoff import Outbox, send
+from visionloop.labelling.handoff import HandoffResult, Outbox, send
 from visionloop.labelling.server import LabelStudioUnavailableError, start, token
 from visionloop.labelling.sync import read_cursor, run_sync
 from visionloop.lake import label_map
@@ -140,7 +140,7 @@ def second_version(loop):
     client.set_registered_model_alias(name, "champion", champion)
 
 
-def _handoff(config, budget: int) -> dict:
+def _handoff(config, budget: int) -> HandoffResult:
     return handoff(HandoffParameters(config=str(config), budget=budget))
 
 
@@ -178,8 +178,8 @@ def _lake_table(settings, name: str):
 def test_round_trip_select_annotate_sync_retrain(loop) -> None:
     settings, config, params, first, server = loop
     champion = Tracking.connect(settings).alias_version("champion")
-    assert first["handoff"]["sent"]["imported"] == BUDGET == first["handoff"]["queued"]["selected"]
-    assert _handoff(config, BUDGET)["sent"]["imported"] == BUDGET
+    assert first.handoff.sent.imported == BUDGET == first.handoff.queued.selected
+    assert _handoff(config, BUDGET).sent.imported == BUDGET
     tasks = _tasks(settings)
     assert len(tasks) == BUDGET
     predictions = _lake_table(settings, "predictions").to_pandas()
@@ -207,23 +207,23 @@ def test_round_trip_select_annotate_sync_retrain(loop) -> None:
     assert json.loads(simulated.stdout.splitlines()[-1])["tasks"] == BUDGET
 
     synced = sync_labels(SyncParameters(config=str(config)))
-    assert synced["labels synced"] == BUDGET
+    assert len(synced.events) == BUDGET and synced.batch_id is not None
     events = _lake_table(settings, "label_events").to_pandas()
     annotated = events[events["label_source"] == "annotator"]
     assert len(annotated) == BUDGET and set(annotated["image_id"]) == {
         t.data["image_id"] for t in tasks
     }
     assert (annotated["annotator"] == "annotator1@visionloop.local").all()
-    assert sync_labels(SyncParameters(config=str(config)))["labels synced"] == 0  # read once
+    assert sync_labels(SyncParameters(config=str(config))).events == []  # read once
 
     second = nightly(params)
-    assert second["labels"]["labels synced"] == 0
-    plan = second["train"]["plan"]
-    assert plan["action"] == "train" and plan["reason"].startswith("training split changed")
+    assert second.labels.events == [] and not second.labels.skipped
+    plan = second.train.plan
+    assert plan.action == "train" and plan.reason.startswith("training split changed")
     run_id = (
         Tracking.connect(settings)
         .client.get_model_version(
-            settings.registered_model_name, second["train"]["challenger"]["version"]
+            settings.registered_model_name, second.train.challenger.version.version
         )
         .run_id
     )
@@ -234,19 +234,19 @@ def test_round_trip_select_annotate_sync_retrain(loop) -> None:
 
 def test_reruns_and_a_retry_after_a_partial_import_create_no_second_task(loop) -> None:
     settings, config, *_ = loop
-    assert _handoff(config, BUDGET)["sent"]["imported"] == BUDGET
+    assert _handoff(config, BUDGET).sent.imported == BUDGET
     before = _tasks(settings)
     rerun = handoff(HandoffParameters(config=str(config), budget=0))
-    assert rerun["sent"]["imported"] == 0
+    assert rerun.sent.imported == 0
     client = _client(settings)
     project = client.find_project(settings.registered_model_name)
     more = handoff(HandoffParameters(config=str(config), budget=6))
-    assert more["queued"]["selected"] == 6 and more["sent"]["imported"] == 6
+    assert more.queued.selected == 6 and more.sent.imported == 6
     # A retry after a partial import: Label Studio made these tasks, the answer was lost,
     # so they are still queued.
     outbox(settings).add([{"data": task.data} for task in _tasks(settings)[-3:]])
     again = handoff(HandoffParameters(config=str(config), budget=0))
-    assert again["sent"]["imported"] == 0 and again["sent"]["already in Label Studio"] == 3
+    assert again.sent.imported == 0 and again.sent.already_there == 3
     per_image = Counter(task.data["image_id"] for task in _tasks(settings))
     assert max(per_image.values()) == 1 and len(per_image) == len(before) + 6
     assert client.find_project(settings.registered_model_name) == project
@@ -260,7 +260,7 @@ def test_an_outage_keeps_tasks_in_the_outbox_until_the_next_run(loop) -> None:
     waiting = outbox(settings).pending_ids()
     assert len(waiting) == 4
     back = handoff(HandoffParameters(config=str(config), budget=0))
-    assert back["sent"]["imported"] == 4, back
+    assert back.sent.imported == 4, back
     assert not outbox(settings).pending()
     assert waiting <= {task.data["image_id"] for task in _tasks(settings)}
 
@@ -271,7 +271,7 @@ def test_a_new_champion_refreshes_every_open_task_and_pins_the_project(
     settings, config, *_ = loop
     tracking = Tracking.connect(settings)
     before, other = second_version
-    assert _handoff(config, BUDGET)["sent"]["imported"] == BUDGET  # made by ``before``
+    assert _handoff(config, BUDGET).sent.imported == BUDGET  # made by ``before``
     # Another version becomes champion (as a promotion or a rollback leaves it) and scores
     # the lake, as the nightly does after a promotion.
     tracking.client.set_registered_model_alias(settings.registered_model_name, "champion", other)
@@ -283,8 +283,8 @@ def test_a_new_champion_refreshes_every_open_task_and_pins_the_project(
     stale = set(open_tasks)
 
     renewed = handoff(HandoffParameters(config=str(config), budget=0))
-    assert renewed["queued"]["open tasks to refresh"] == len(stale)
-    assert renewed["sent"]["open tasks refreshed"] == len(stale)
+    assert renewed.queued.to_refresh == len(stale)
+    assert renewed.sent.refreshed == len(stale)
     assert client.sdk.projects.get(id=project).model_version == other
     predictions = _lake_table(settings, "predictions").to_pandas()
     predictions = predictions[predictions["model_version"] == other].set_index("image_id")
@@ -300,7 +300,7 @@ def test_a_new_champion_refreshes_every_open_task_and_pins_the_project(
         assert f"/{other}/" in task.data["overlay"]
         assert httpx.get(client.url + task.data["overlay"], headers=headers).status_code == 200
     again = handoff(HandoffParameters(config=str(config), budget=0))
-    assert again["sent"]["open tasks refreshed"] == 0 and again["sent"]["imported"] == 0
+    assert again.sent.refreshed == 0 and again.sent.imported == 0
 
 
 # The labelling panel's images (Label Studio draws them from blob: URLs) once all have loaded.
@@ -330,7 +330,7 @@ def test_an_annotator_sees_image_overlay_and_model_choice_in_a_list_sorted_by_sc
     loop,
 ) -> None:
     settings, config, *_ = loop
-    assert _handoff(config, BUDGET)["sent"]["imported"] == BUDGET
+    assert _handoff(config, BUDGET).sent.imported == BUDGET
     client = _client(settings)
     project = client.find_project(settings.registered_model_name)
     (view,) = [v for v in client.sdk.views.list(project=project) if v.data["title"] == VIEW_TITLE]
@@ -361,7 +361,7 @@ def test_an_annotator_sees_image_overlay_and_model_choice_in_a_list_sorted_by_sc
 
 def test_disagreeing_annotators_send_the_task_to_review_not_training(loop) -> None:
     settings, config, *_ = loop
-    assert _handoff(config, 2)["sent"]["imported"] == 2
+    assert _handoff(config, 2).sent.imported == 2
     client = _client(settings)
     project = client.find_project(settings.registered_model_name)
     open_ids = client.open_tasks(project)
@@ -370,7 +370,7 @@ def test_disagreeing_annotators_send_the_task_to_review_not_training(loop) -> No
     client.sdk.annotations.create(id=task.id, result=choice_result("bag"))
     other.sdk.annotations.create(id=task.id, result=choice_result("trouser"))
     synced = sync_labels(SyncParameters(config=str(config)))
-    assert synced.get("held: tie") == 1
+    assert Counter(review["reason"] for review in synced.reviews)["tie"] == 1
     reviews = _lake_table(settings, "label_reviews").to_pandas()
     assert task.data["image_id"] in set(reviews[reviews["reason"] == "tie"]["image_id"])
     events = _lake_table(settings, "label_events").to_pandas()
@@ -508,16 +508,16 @@ def test_tasks_queued_during_a_send_are_neither_dropped_nor_sent_twice(
 def test_the_open_queue_stops_at_its_cap_and_says_what_it_held_back(loop) -> None:
     settings, config, *_ = loop
     capped = _config_with(settings, config, "capped", max_open_tasks=8)
-    first = _handoff(capped, 6)["queued"]
-    assert (first["queued"], first["held back"]) == (6, 0) and "why held back" not in first
+    first = _handoff(capped, 6).queued
+    assert (first.queued, first.held_back, first.why_held_back) == (6, 0, "")
     second = _handoff(capped, 6)
-    assert (second["queued"]["queued"], second["queued"]["held back"]) == (2, 4)
-    assert second["sent"]["imported"] == 2
-    why = second["queued"]["why held back"]
+    assert (second.queued.queued, second.queued.held_back) == (2, 4)
+    assert second.sent.imported == 2
+    why = second.queued.why_held_back
     assert "4 held back" in why and "6 open in Label Studio" in why and "is 8" in why
     full = _handoff(capped, 6)
-    assert (full["queued"]["queued"], full["queued"]["held back"]) == (0, 6)
-    assert full["sent"]["imported"] == 0
+    assert (full.queued.queued, full.queued.held_back) == (0, 6)
+    assert full.sent.imported == 0
 
     # Label Studio down: the tasks it holds still count, so the outbox does not grow.
     down = _config_with(
@@ -532,5 +532,5 @@ def test_the_open_queue_stops_at_its_cap_and_says_what_it_held_back(loop) -> Non
     project = client.find_project(settings.registered_model_name)
     task = next(t for t in _tasks(settings) if t.data["image_id"] in client.open_tasks(project))
     _annotate(client, int(task.id), "bag")
-    after = _handoff(capped, 6)["queued"]
-    assert (after["queued"], after["held back"], after["open tasks"]) == (1, 5, 8)
+    after = _handoff(capped, 6).queued
+    assert (after.queued, after.held_back, after.open_tasks) == (1, 5, 8)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageOps
+from prefect.client.orchestration import get_client
 
 from tests.integration.test_train_flow import TINY_TRAINING
 from tests.waiting import wait_for
+from visionloop.cli import print_summary
 from visionloop.flows.nightly import nightly
 from visionloop.ingest.landing import LandingSource
 from visionloop.lake.commit import recent_ingests
@@ -51,31 +53,49 @@ def _settings(tmp_path: Path, **overrides):
     )
 
 
-def test_nightly_ingests_trains_promotes_then_skips(tmp_path: Path) -> None:
+def test_nightly_ingests_trains_promotes_then_skips(tmp_path: Path, capsys) -> None:
     settings = _settings(tmp_path)
     config = settings.save(tmp_path / "config")
     source = LandingSource(path=str(_landing(tmp_path)), layout="imagefolder")
     params = NightlyParameters(sources=[source], config=str(config))
 
     first = nightly(params)
-    assert first["ingest"].report.written == 120
-    assert first["ingest"].gate["passed"]
-    assert first["train"]["promotion"]["promoted"]
+    assert first.ingest.report.written == 120
+    assert first.ingest.gate.passed
+    assert first.train.promotion.decision.promoted
     tracking = Tracking.connect(settings)
     version = tracking.alias_version("champion")
-    assert version == first["train"]["challenger"]["version"]
+    assert version == first.train.challenger.version.version == first.train.champion.version
     tags = tracking.version_tags(version)
     assert tags["lineage.expectations.passed"] == "true"
-    assert first["ingest"].report.batch_id in tags["lineage.batch_ids"]
+    assert first.ingest.report.batch_id in tags["lineage.batch_ids"]
+    assert first.embed.embeddings.written == first.embed.index.vectors == 120
+    assert first.embed.leakage.summary.images == 120 and first.score.version == version
 
-    second = nightly(params)  # nothing new arrived: no file is read twice
-    report = second["ingest"].report
+    print_summary(settings, first)  # the CLI's summary reads the typed results
+    summary = capsys.readouterr().out
+    assert f"promotion:          v{version} promoted" in summary
+    assert f"champion:           {settings.registered_model_name} v{version}" in summary
+
+    # nothing new arrived: no file is read twice. The result persists as Prefect stores it.
+    state = nightly.with_options(persist_result=True)(params, return_state=True)
+    second = state.result()
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(state.state_details.flow_run_id).state.result()
+    assert (stored.ingest.report, stored.train.plan, stored.decision, stored.handoff) == (
+        second.ingest.report,
+        second.train.plan,
+        second.decision,
+        second.handoff,
+    )
+    report = second.ingest.report
     assert (report.listed, report.skipped, report.read) == (120, 120, 0)
-    assert second["ingest"].batch_ids == [] and second["embed"]["leakage"] is None
-    assert second["drift"]["note"] == "no new images tonight"
-    assert not second["train"]["trained"], second["train"].get("plan")
-    assert "since champion v1" in second["train"]["skip_reason"]
-    assert recent_ingests(settings, days=1) == [first["ingest"].report.batch_id]
+    assert second.ingest.batch_ids == [] and second.embed.leakage is None
+    assert second.drift.note == "no new images tonight" and second.drift.drifted is None
+    assert not second.train.trained and second.train.plan.action == "skip", second.train.plan
+    assert "since champion v1" in second.train.plan.reason
+    assert second.decision.action == "skip"
+    assert recent_ingests(settings, days=1) == [first.ingest.report.batch_id]
 
 
 def test_a_failing_gate_holds_the_batch_and_nothing_trains_until_overridden(
@@ -100,8 +120,8 @@ def test_a_failing_gate_holds_the_batch_and_nothing_trains_until_overridden(
     accepted = nightly(
         NightlyParameters(sources=[source], config=str(config), accept_failing_batch=True)
     )
-    assert accepted["ingest"].gate["overridden"] and accepted["train"]["trained"]
-    version = accepted["train"]["challenger"]["version"]
+    assert accepted.ingest.gate.overridden and accepted.train.trained
+    version = accepted.train.challenger.version.version
     tags = tracking.version_tags(version)
     assert tags["lineage.expectations.overridden"] == "true"
     assert tags["lineage.expectations.passed"] == "true"
@@ -191,15 +211,15 @@ def test_drift_without_new_labels_flags_and_sends_the_drifted_images_first(
         LandingSource(path=str(pool), layout="unlabelled"),
     ]
     first = nightly(NightlyParameters(sources=first_night, config=str(config)))
-    assert first["train"]["promotion"]["promoted"]
-    assert first["drift"]["drifted"] is None  # no champion to judge against yet
+    assert first.train.promotion.decision.promoted
+    assert first.drift.drifted is None  # no champion to judge against yet
 
     second_night = [LandingSource(path=str(_inverted(tmp_path, 80)), layout="unlabelled")]
     second = nightly(NightlyParameters(sources=second_night, config=str(config)))
-    assert second["drift"]["drifted"] is True, second["drift"]["note"]
-    assert Path(second["drift"]["report"]).is_file()
-    assert second["decision"]["action"] == "flag", second["decision"]
-    assert not second["train"]["trained"]
-    queued = second["handoff"]["queued"]
-    training_picks = queued["selected"] - queued["of which test split"]
-    assert queued["selected"] == 20 and queued["of which drifted"] >= training_picks, queued
+    assert second.drift.drifted is True, second.drift.note
+    assert second.drift.report.is_file()
+    assert second.decision.action == "flag", second.decision
+    assert not second.train.trained
+    queued = second.handoff.queued
+    training_picks = queued.selected - queued.test_split
+    assert queued.selected == 20 and queued.drifted >= training_picks, queued

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import lakes
-from visionloop.flows.train import train
+from visionloop.flows.train import TrainResult, train
 from visionloop.parameters import TrainParameters
 from visionloop.registry.promotion import rollback
 from visionloop.registry.tracking import Tracking
@@ -33,7 +33,7 @@ TINY_TRAINING = {
 FROZEN = {**TINY_TRAINING, "lr": 1e-9}
 
 
-def _run(settings: Settings, tmp_path: Path, **params: object) -> dict:
+def _run(settings: Settings, tmp_path: Path, **params: object) -> TrainResult:
     config = settings.save(tmp_path / f"config-{len(list(tmp_path.glob('config-*')))}")
     return train(TrainParameters(config=str(config), **params))
 
@@ -58,44 +58,46 @@ def test_force_rollback_rejection_and_recipe_rules(tmp_path: Path) -> None:
     tracking = Tracking.connect(good)
 
     first = _run(frozen, tmp_path)  # v1: the bad model, promoted as the first model
-    assert first["trained"] and first["promotion"]["promoted"]
-    assert first["plan"]["reason"] == "no champion yet"
+    assert first.trained and first.promotion.decision.promoted
+    assert first.plan.reason == "no champion yet"
 
     unchanged = _run(frozen, tmp_path)
-    assert not unchanged["trained"] and unchanged["plan"]["action"] == "skip"
-    assert "unchanged" in unchanged["skip_reason"]
-    assert "since champion v1" in unchanged["skip_reason"]
+    assert not unchanged.trained and unchanged.plan.action == "skip"
+    assert unchanged.promotion is None and unchanged.champion.version == "1"
+    assert "unchanged" in unchanged.plan.reason
+    assert "since champion v1" in unchanged.plan.reason
 
     better = _run(good, tmp_path)  # a changed recipe trains, and v2 beats v1
-    assert better["plan"]["reason"] == "recipe changed since champion v1"
-    assert better["promotion"]["promoted"], better["promotion"]
-    assert "95% CI" in better["promotion"]["reason"]  # a significant gain, not noise
-    assert better["champion"]["version"] == "2"
+    assert better.plan.reason == "recipe changed since champion v1"
+    assert better.promotion.decision.promoted, better.promotion.decision
+    assert "95% CI" in better.promotion.decision.reason  # a significant gain, not noise
+    assert better.promotion.champion_after == better.champion.version == "2"
 
     rollback(tracking, good)  # v2 out, v1 back
     after_rollback = _run(good, tmp_path)
-    assert not after_rollback["trained"]
-    assert "v2, which was rolled back" in after_rollback["skip_reason"]
+    assert not after_rollback.trained
+    assert "v2, which was rolled back" in after_rollback.plan.reason
     assert tracking.alias_version("champion") == "1"
 
     forced = _run(good, tmp_path, force=True)  # force trains a new version, never the cache
-    assert forced["trained"] and forced["challenger"]["version"] == "3"
-    assert forced["plan"]["reason"] == "forced: train a new version"
-    assert forced["promotion"]["promoted"] and tracking.alias_version("champion") == "3"
+    assert forced.trained and forced.challenger.version.version == "3"
+    assert forced.plan.reason == "forced: train a new version"
+    assert forced.promotion.decision.promoted and tracking.alias_version("champion") == "3"
 
     worse = _run(_with(good, {**FROZEN, "lr": 2e-9}), tmp_path)  # a worse challenger
-    assert worse["trained"] and not worse["promotion"]["promoted"]
-    assert "does not beat" in worse["promotion"]["reason"]
+    assert worse.trained and not worse.promotion.decision.promoted
+    assert "does not beat" in worse.promotion.decision.reason
     assert tracking.alias_version("champion") == "3"
     again = _run(_with(good, {**FROZEN, "lr": 2e-9}), tmp_path)
-    assert not again["trained"] and "(rejected:" in again["skip_reason"]
+    assert not again.trained and "(rejected:" in again.plan.reason
 
     # v2 and v3 as if older code had trained them: the same split and recipe train again.
     for version in ("2", "3"):
         for tag in ("lineage.code_hash", "lineage.fingerprint"):
             tracking.client.set_model_version_tag(good.registered_model_name, version, tag, "old")
     new_code = _run(good, tmp_path, promote=False)
-    assert new_code["trained"] and new_code["plan"]["reason"] == "code changed since champion v3"
+    assert new_code.trained and new_code.plan.reason == "code changed since champion v3"
+    assert new_code.promotion is None
 
 
 def test_new_labelled_images_train_a_new_challenger(tmp_path: Path) -> None:
@@ -108,10 +110,10 @@ def test_new_labelled_images_train_a_new_challenger(tmp_path: Path) -> None:
         promotion={"first_model_floor": 0.0},
     )
     first = _run(settings, tmp_path)
-    assert first["trained"]
+    assert first.trained
     rows = lakes.image_rows(20, size=32, classes=(1, 8), offset=5000)
     lakes.commit_rows(settings, rows, batch_id="b-new")
     second = _run(settings, tmp_path, promote=False)
-    assert second["trained"] and second["challenger"]["version"] == "2"
-    assert second["plan"]["reason"] == "training split changed since champion v1"
-    assert second["snapshot_id"] != first["snapshot_id"]
+    assert second.trained and second.challenger.version.version == "2"
+    assert second.plan.reason == "training split changed since champion v1"
+    assert second.snapshot_id != first.snapshot_id

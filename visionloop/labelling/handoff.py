@@ -254,10 +254,63 @@ class OpenQueue:
 
 
 @dataclass(frozen=True)
+class Queued:
+    """Tonight's selection: what joined the outbox, what the open-task cap held back, why."""
+
+    selected: int
+    drifted: int  # of the selected, images the drift check flagged
+    test_split: int  # of the selected, test-split images (labelling.test_share)
+    queued: int
+    held_back: int
+    open_tasks: int  # after tonight's tasks joined
+    to_refresh: int  # open tasks given tonight's champion's guess
+    strategy: str
+    model_version: str | None  # the champion whose guesses the tasks show (None: no champion)
+    why_held_back: str = ""
+
+    def counts(self) -> dict[str, int | str]:
+        """The selection by name, for the Prefect artifact."""
+        counts: dict[str, int | str] = {
+            "selected": self.selected,
+            "of which drifted": self.drifted,
+            "of which test split": self.test_split,
+            "queued": self.queued,
+            "held back": self.held_back,
+            "open tasks": self.open_tasks,
+            "open tasks to refresh": self.to_refresh,
+            "strategy": self.strategy,
+            "model version": self.model_version or "none yet",
+        }
+        if self.why_held_back:
+            counts["why held back"] = self.why_held_back
+        return counts
+
+
+@dataclass(frozen=True)
 class Sent:
+    """What a send imported into Label Studio, and where the tasks are (or wait)."""
+
     imported: int
     refreshed: int  # open tasks given a newer champion's guess
     already_there: int
+    where: str  # the project's URL, or the outbox file when no Label Studio runs
+
+    def counts(self) -> dict[str, int | str]:
+        """The send by name, for the Prefect artifact."""
+        return {
+            "imported": self.imported,
+            "open tasks refreshed": self.refreshed,
+            "already in Label Studio": self.already_there,
+            "where": self.where,
+        }
+
+
+@dataclass(frozen=True)
+class HandoffResult:
+    """A hand-off: tonight's selection queued in the outbox, then the send to Label Studio."""
+
+    queued: Queued
+    sent: Sent
 
 
 def send(client: LabelStudio, project: int, outbox: Outbox) -> Sent:
@@ -290,7 +343,8 @@ def send(client: LabelStudio, project: int, outbox: Outbox) -> Sent:
         sent = {_image_id(entry) for entry in queued}
         outbox.mark_sent(sent)
         outbox.remove(sent)
-    return Sent(len(missing), len(stale), len(queued) - len(missing) - len(stale))
+    already_there = len(queued) - len(missing) - len(stale)
+    return Sent(len(missing), len(stale), already_there, f"{client.url}/projects/{project}")
 
 
 def _image_id(entry: Mapping[str, Any]) -> str:

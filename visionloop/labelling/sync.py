@@ -106,6 +106,7 @@ class SyncResult:
     already_recorded: int = 0
     cursor: datetime | None = None
     batch_id: str | None = None  # the committed label batch, if there was anything new
+    skipped: str = ""  # why no sync ran (no Label Studio, no labelling project yet)
 
     def counts(self) -> dict[str, int]:
         reasons = Counter(review["reason"] for review in self.reviews)

@@ -18,6 +18,8 @@ Action = Literal["train", "flag", "skip"]
 
 @dataclass(frozen=True)
 class NightlyDecision:
+    """What the night does about training and drift, and why."""
+
     action: Action
     new_labels: bool
     drift: str  # "drifted" | "no drift" | "not judged: <why>"
@@ -27,7 +29,9 @@ class NightlyDecision:
         return asdict(self)
 
 
-def decide_night(training_action: str, training_reason: str, drift: bool | None, drift_note: str):
+def decide_night(
+    training_action: str, training_reason: str, drift: bool | None, drift_note: str
+) -> NightlyDecision:
     """``training_action`` is the training plan's (train, reuse or skip); ``drift`` None when
     drift could not be judged (no champion yet, too few new images)."""
     trains = training_action in ("train", "reuse")

@@ -97,6 +97,22 @@ class DriftResult:
         return {**asdict(self), "reason": self.reason}
 
 
+@dataclass(frozen=True)
+class DriftCheck:
+    """A drift check of some batches: the decision (None when drift was not judged), why,
+    its Evidently report, and the images to send to annotators first."""
+
+    result: DriftResult | None
+    note: str  # the decision's reason, or why drift was not judged
+    report: Path | None = None  # the HTML report
+    drifted_ids: list[str] = field(default_factory=list)  # the batches' images, if drifted
+
+    @property
+    def drifted(self) -> bool | None:
+        """True or False when judged; None when not (no champion, too few new images)."""
+        return None if self.result is None else self.result.drifted
+
+
 def _methods(settings: DriftSettings) -> list[tuple[str, Any, float]]:
     from evidently.metrics.embeddings import MMDDriftMethod, ModelDriftMethod, RatioDriftMethod
 

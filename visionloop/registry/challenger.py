@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,9 +43,6 @@ class TrainingPlan:
     reason: str
     fingerprint: Fingerprint
     version: str | None = None  # the registered version the decision refers to
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "fingerprint": self.fingerprint.value}
 
 
 def plan_training(
@@ -133,7 +130,7 @@ def train_challenger(
 ) -> Challenger:
     """Fine-tune on the snapshot, fit the temperature on val, evaluate on test, register."""
     champion = tracking.champion()
-    before = int(champion["annotator_labels"]) if champion else 0
+    before = champion.annotator_labels if champion else 0
     tags = {
         "visionloop.plan": plan.reason,
         "lineage.annotator_labels": str(snapshot.annotator_labels),

@@ -44,6 +44,16 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store cannot be reached; the message names the URI and the fix."""
 
 
+@dataclass(frozen=True)
+class ChampionSummary:
+    """The champion's version and the test metrics and label count recorded on it."""
+
+    version: str
+    test_accuracy: float
+    test_macro_f1: float
+    annotator_labels: int  # annotator labels in its training split
+
+
 def redact(uri: str) -> str:
     """The URI with any ``user:password@`` replaced by ``***@``."""
     parts = urlsplit(uri)
@@ -255,18 +265,18 @@ class Tracking:
             if run_id:
                 self.client.set_tag(run_id, key, value)
 
-    def champion(self) -> dict[str, Any] | None:
+    def champion(self) -> ChampionSummary | None:
         """The champion's version and its recorded test metrics, or None."""
         version = self.alias_version(CHAMPION)
         if version is None:
             return None
         tags = self.version_tags(version)
-        return {
-            "version": version,
-            "test_accuracy": float(tags.get("test.accuracy", "nan")),
-            "test_macro_f1": float(tags.get("test.macro_f1", "nan")),
-            "annotator_labels": int(tags.get("lineage.annotator_labels", "0")),
-        }
+        return ChampionSummary(
+            version=version,
+            test_accuracy=float(tags.get("test.accuracy", "nan")),
+            test_macro_f1=float(tags.get("test.macro_f1", "nan")),
+            annotator_labels=int(tags.get("lineage.annotator_labels", "0")),
+        )
 
     def training_snapshot(self, version: str) -> LakeSnapshot | None:
         """The exact lake snapshot (files and hashes) a version was trained on, read back
