@@ -20,6 +20,7 @@ import torch
 
 from tests.lakes import commit_rows, image_rows, tiny_lake
 from visionloop.embeddings import feature_store as features
+from visionloop.embeddings import fingerprints
 from visionloop.embeddings.embedder import EmbedderSource, embedding_job
 from visionloop.embeddings.vectors import read_vectors
 from visionloop.lake import commit as lake
@@ -52,7 +53,8 @@ def test_embeddings_are_incremental_by_image_and_version(spark, settings) -> Non
     assert first.record()["embedder_version"] == source.version  # the committed batch report
     schema = pq.read_schema(next((settings.lake_dir / "embeddings").glob("*/*.parquet")))
     assert str(schema.field("vector").type) == "fixed_size_list<element: float>[1280]"
-    assert str(schema.field("fingerprint").type) == "fixed_size_list<element: float>[256]"
+    width = fingerprints.SPECTRUM_SIZE
+    assert str(schema.field("fingerprint").type) == f"fixed_size_list<element: float>[{width}]"
 
     again = run_inference(spark, settings, take(settings.lake_dir), job)
     assert again.written == 0 and not (settings.staging_dir / again.batch_id).exists()

@@ -374,24 +374,22 @@ def prepare(
     settings: LabellingSettings,
     room: int | None = None,
 ) -> Prepared:
-    """Tonight's images: selected from the pool, with the champion's guess and overlay, then
-    the test split's share (no guess shown: an annotator is not nudged on a test label);
-    only the first ``room`` when the open queue is near its cap."""
+    """Tonight's images, with the champion's guess and overlay: selected from the pool, then
+    the test split's model-free share; only the first ``room`` when the open queue is near
+    its cap."""
     version, classifier = champion if champion else (None, None)
     tests = sample_test_split(candidates(snapshot, taken, test=True), _test_slots(settings))
     pool = build_pool(snapshot, embedder_version, version, taken, drifted)
     chosen = select(pool, settings.budget - len(tests), settings.strategy, settings.seed)
     kept = (chosen + tests)[:room]  # room None: all
-    probabilities = (
-        {}
-        if pool.probabilities is None
-        else {image_id: pool.probabilities[i] for i, image_id in enumerate(pool.ids)}
-    )
-    guessed = [image_id for image_id in kept if image_id not in tests]
-    unguessed = kept[len(guessed) :]
-    described = _described(snapshot, classifier, guessed, probabilities, settings.overlay)
-    described += _described(snapshot, None, unguessed, {}, False)
-    return Prepared(described, len(chosen) + len(tests) - len(kept), len(unguessed))
+    probabilities: dict[str, Any] = {}
+    if pool.probabilities is not None:
+        probabilities = {image_id: pool.probabilities[i] for i, image_id in enumerate(pool.ids)}
+    if version is not None and tests:
+        probabilities |= read_predictions(snapshot.lake_path, version, tests, "probabilities")
+    described = _described(snapshot, classifier, kept, probabilities, settings.overlay)
+    test_split = len(set(tests) & set(kept))
+    return Prepared(described, len(chosen) + len(tests) - len(kept), test_split)
 
 
 def _test_slots(settings: LabellingSettings) -> int:
