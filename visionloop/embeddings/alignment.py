@@ -59,11 +59,11 @@ class Alignment:
 
 
 def thumbnails(data: bytes) -> np.ndarray:
-    """``(1 + zooms + angles, SIDE, SIDE)`` grey levels in [0, 1]; row 0 is the plain one."""
+    """``(1 + zooms + angles, SIDE, SIDE)`` grey levels (uint8); row 0 is the plain one."""
     grey = _blurred(data, BLUR)
     thumb = (SIDE, SIDE)
-    rows = [turns[0].resize(thumb, Image.Resampling.BILINEAR) for turns in _variants(grey)]
-    return np.stack([np.asarray(row) for row in rows]).astype(np.float32) / 255
+    rows = [turns[0].resize(thumb, Image.Resampling.BILINEAR) for turns in _variants(grey, (0,))]
+    return np.stack([np.asarray(row) for row in rows])
 
 
 def plain_thumbnail(data: bytes) -> np.ndarray:
@@ -76,9 +76,9 @@ def _blurred(data: bytes, radius: float) -> Image.Image:
     return decode_stored(data).convert("L").filter(ImageFilter.GaussianBlur(radius))
 
 
-def _variants(grey: Image.Image, turns: Sequence[float] = (0.0,)) -> list[list[Image.Image]]:
-    """Per variant (plain, zooms, angles), the image, turned by each of ``turns`` (not the
-    zooms); with the default, one image per variant."""
+def _variants(grey: Image.Image, turns: Sequence[float]) -> list[list[Image.Image]]:
+    """Per variant of :func:`thumbnails` (plain, zooms, angles), at the stored size: the
+    image turned by each of ``turns`` (zooms: the image alone)."""
     size = grey.size[0]
 
     def turned(angle: float) -> list[Image.Image]:
@@ -109,7 +109,7 @@ class Prepared:
 
 def prepare(thumbs: Sequence[np.ndarray]) -> Prepared:
     """:class:`Prepared` for each image's :func:`thumbnails`."""
-    pixels = np.stack(thumbs)
+    pixels = np.stack(thumbs).astype(np.float32) / 255
     spectra, squares = _spectrum(pixels), _spectrum(pixels * pixels)
     frame, overlap = _spectrum(_FRAME), _overlap()
     sums, energies = _correlate(spectra, frame), _correlate(squares, frame)
@@ -158,8 +158,10 @@ def _masked_ncc(image: Image.Image, target: np.ndarray, shift: tuple[float, floa
     """NCC of ``image`` sampled at ``x + shift`` with ``target`` at ``x``, over the overlap."""
     matrix = (1, 0, shift[0], 0, 1, shift[1])
     moved = image.transform(image.size, Image.Transform.AFFINE, matrix, Image.Resampling.BICUBIC)
-    frame = Image.new("L", image.size, 255).transform(image.size, Image.Transform.AFFINE, matrix)
-    inside = np.asarray(frame) == 255
+    width, height = image.size
+    columns = (np.arange(width) + shift[0] >= 0) & (np.arange(width) + shift[0] <= width - 1)
+    rows = (np.arange(height) + shift[1] >= 0) & (np.arange(height) + shift[1] <= height - 1)
+    inside = rows[:, None] & columns[None, :]
     if inside.mean() < MIN_OVERLAP:
         return -1.0
     u, w = np.asarray(moved, np.float32)[inside], target[inside]

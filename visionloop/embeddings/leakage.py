@@ -267,12 +267,14 @@ def _aligned_pairs(
 ) -> list[Pair]:
     """The pairs of ``keys`` whose fine aligned similarity reaches ``threshold`` (those
     whose coarse alignment scores :data:`alignment.COARSE_FLOOR` get the fine check); a
-    ``chunk`` of pairs at a time, each image of a chunk prepared once."""
+    ``chunk`` of pairs at a time, each image of a chunk prepared once (its thumbnails, 8 KB,
+    made once for the whole check)."""
+    thumbs = {i: alignment.thumbnails(images[i]) for i in sorted({i for key in keys for i in key})}
     pairs = []
     for start in range(0, len(keys), chunk):
         part = keys[start : start + chunk]
         involved = sorted({image for key in part for image in key})
-        prepared = alignment.prepare([alignment.thumbnails(images[i]) for i in involved])
+        prepared = alignment.prepare([thumbs[i] for i in involved])
         position = {image: n for n, image in enumerate(involved)}
         found = alignment.coarse_alignments(
             prepared, [position[a] for a, _ in part], [position[b] for _, b in part]
