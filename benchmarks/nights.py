@@ -324,7 +324,7 @@ def run_arm(name: str, plan: list[Night], work: Path, args: argparse.Namespace) 
     root = work / name
     landing = root / "landing"
     labelling = {"budget": args.budget, **ARMS[name]}
-    settings = arm_settings(root / "home", landing, labelling, RECIPES[args.training])
+    settings = arm_settings(root / "home", landing, labelling, args.recipe)
     config = settings.save(root / "config")
     test = OfficialTest.load(args.test_images)
     started = time.perf_counter()
@@ -517,12 +517,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
     parser.add_argument("--test-images", type=int, default=2_000, help="of the 10,000")
     parser.add_argument("--training", choices=sorted(RECIPES), default="small")
+    parser.add_argument("--epochs", type=int, help="instead of the recipe's")
     parser.add_argument("--annotators", type=int, default=1)
     parser.add_argument("--noise", type=float, default=0.0, help="share of wrong answers")
     parser.add_argument("--seed", type=int, default=0, help="of the arrivals' order")
     parser.add_argument("--work", type=Path, help="an empty or new folder (default: fresh)")
     parser.add_argument("--no-artifact", action="store_true")
     args = parser.parse_args()
+    args.recipe = RECIPES[args.training] | ({"epochs": args.epochs} if args.epochs else {})
     args.arm_names = [name.strip() for name in args.arms.split(",") if name.strip()]
     if unknown := set(args.arm_names) - set(ARMS):
         parser.error(f"unknown arms {sorted(unknown)}; use {', '.join(ARMS)}")
@@ -580,7 +582,7 @@ def main() -> None:
                 "embeddings.input_size": 32,
                 "promotion.first_model_floor": 0.0,
                 "training": args.training,
-                "training_settings": RECIPES[args.training],
+                "training_settings": args.recipe,
                 "labelling.budget": args.budget,
                 "annotators": args.annotators,
                 "noise": args.noise,
