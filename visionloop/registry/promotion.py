@@ -4,7 +4,8 @@
 policy in, a :class:`Decision` out. A challenger wins only on a significant gain: the
 paired bootstrap interval of the primary metric's delta
 (:func:`~visionloop.registry.significance.paired_bootstrap`) must lie above
-``min_improvement``, and no class's recall may drop too far.
+``min_improvement``, and no class's recall may drop significantly too far (its own paired
+interval, :func:`~visionloop.registry.significance.recall_drop_lows`).
 
 :func:`promote` evaluates both registered models on the test split of the run's lake
 snapshot (a version whose run logged its per-image test predictions on that very snapshot
@@ -32,7 +33,7 @@ from typing import Any
 from visionloop import locks
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.registry.served_model import predict_proba_fn
-from visionloop.registry.significance import PairedDelta, paired_bootstrap
+from visionloop.registry.significance import PairedDelta, paired_bootstrap, recall_drop_lows
 from visionloop.registry.tracking import (
     CHALLENGER,
     CHAMPION,
@@ -98,17 +99,16 @@ class Decision:
                 "passed": numbers["metric_passed"],
             }
         )
-        limit = numbers["max_recall_drop"]
+        limit, failed = numbers["max_recall_drop"], numbers.get("recall_drops_over_limit", {})
         for label, pair in numbers.get("recalls", {}).items():
             challenger, champion = pair
-            drop = None if challenger is None or champion is None else champion - challenger
             rows.append(
                 {
-                    "check": f"recall[{label}] drop <= max_recall_drop",
+                    "check": f"recall[{label}] drop not significantly above max_recall_drop",
                     "challenger": challenger,
                     "champion": champion,
                     "threshold": limit,
-                    "passed": drop is None or drop <= limit + EPSILON,
+                    "passed": label not in failed,
                 }
             )
         return rows
@@ -167,8 +167,9 @@ def promotion_decision(
 ) -> Decision:
     """Promote when the ``policy.confidence`` paired bootstrap interval of the primary
     metric's delta (challenger - champion, on the same test images) lies above
-    ``min_improvement`` and no class's recall drops by more than ``max_recall_drop``; with
-    no champion, promote when the metric clears ``first_model_floor``.
+    ``min_improvement`` and no class's recall drops significantly beyond ``max_recall_drop``
+    (the lower end of its per-class paired interval lies above it); with no champion,
+    promote when the metric clears ``first_model_floor``.
 
     Classes without true examples in either report are not compared.
     """
@@ -189,7 +190,14 @@ def promotion_decision(
         confidence=policy.confidence,
         seed=policy.bootstrap_seed,
     )
-    return _decide_against(challenger.report, champion.report, interval, policy)
+    lows = recall_drop_lows(
+        challenger.predictions,
+        champion.predictions,
+        resamples=policy.bootstrap_resamples,
+        confidence=policy.confidence,
+        seed=policy.bootstrap_seed,
+    )
+    return _decide_against(challenger.report, champion.report, interval, lows, policy)
 
 
 def _significant(interval: PairedDelta, min_improvement: float) -> bool:
@@ -208,14 +216,21 @@ def _interval_numbers(interval: PairedDelta) -> dict[str, Any]:
 
 
 def _decide_against(
-    challenger: EvalReport, champion: EvalReport, interval: PairedDelta, policy: PromotionSettings
+    challenger: EvalReport,
+    champion: EvalReport,
+    interval: PairedDelta,
+    drop_lows: dict[str, float],
+    policy: PromotionSettings,
 ) -> Decision:
     metric, delta = interval.metric, interval.delta
     value, baseline = challenger.metric(metric), champion.metric(metric)
     metric_passed = _significant(interval, policy.min_improvement)
     recalls, drops = _recall_drops(challenger, champion)
+    limit = policy.max_recall_drop + EPSILON
     too_large = {
-        label: drop for label, drop in drops.items() if drop > policy.max_recall_drop + EPSILON
+        label: drop
+        for label, drop in drops.items()
+        if drop > limit and drop_lows.get(label, drop) > limit
     }
     worst = max(drops, key=lambda label: drops[label]) if drops else None
     numbers = {
@@ -230,6 +245,7 @@ def _decide_against(
         "worst_recall_drop": _round(drops[worst]) if worst else None,
         "worst_recall_class": worst,
         "recall_drops_over_limit": {label: _round(drop) for label, drop in too_large.items()},
+        "recall_drop_lows": {label: _round(low) for label, low in drop_lows.items()},
         "recalls": recalls,
         "n_challenger": challenger.n,
         "n_champion": champion.n,
@@ -248,8 +264,8 @@ def _decide_against(
     if too_large:
         listed = ", ".join(f"{label} -{drop:.4f}" for label, drop in sorted(too_large.items()))
         reason = (
-            f"{metric} improves by {delta:+.4f} ({ci}) but recall drops beyond "
-            f"{policy.max_recall_drop:.4f}: {listed}"
+            f"{metric} improves by {delta:+.4f} ({ci}) but recall drops significantly "
+            f"beyond {policy.max_recall_drop:.4f}: {listed}"
         )
         return Decision(False, reason, numbers)
     reason = (

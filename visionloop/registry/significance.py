@@ -133,3 +133,31 @@ def paired_bootstrap(
     return PairedDelta(
         metric, observed, float(low), float(high), confidence, resamples, seed, images
     )
+
+
+def recall_drop_lows(
+    challenger: ImagePredictions,
+    champion: ImagePredictions,
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Per true class: the lower end of the paired bootstrap interval of its recall drop
+    (champion minus challenger), resampling that class's test images (``image_id`` order).
+
+    With a dozen test images of a class one image moves its recall by 8 %: a drop counts
+    only when its whole interval lies beyond the tolerance, as a gain must for the metric.
+    """
+    ours, theirs = _by_id(challenger), _by_id(champion)
+    rng = np.random.default_rng(seed)
+    alpha = 1 - confidence
+    lows = {}
+    for label in sorted({true for true, _ in ours.values()}):
+        ids = sorted(image for image, (true, _) in ours.items() if true == label)
+        old = np.asarray([theirs[image][1] == label for image in ids], np.float64)
+        new = np.asarray([ours[image][1] == label for image in ids], np.float64)
+        draws = rng.integers(0, len(ids), size=(resamples, len(ids)))
+        drops = old[draws].mean(axis=1) - new[draws].mean(axis=1)
+        lows[label] = float(np.quantile(drops, alpha / 2))
+    return lows
