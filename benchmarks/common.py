@@ -72,6 +72,21 @@ def alternate(
     }
 
 
+def small_cpu_settings(home: Path, training: dict[str, Any], **extra: Any) -> Any:
+    """Settings for a whole-loop benchmark on the CPU: 32 px images and embeddings, a first
+    champion always promoted, the given training recipe, and ``extra`` settings."""
+    from visionloop.settings import load_settings
+
+    return load_settings(
+        data_home=home,
+        image_size=32,
+        training=training,
+        promotion={"first_model_floor": 0.0},
+        embeddings={"input_size": 32},
+        **extra,
+    )
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"

@@ -35,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from benchmarks.common import fresh_workdir, spread, write_result
+from benchmarks.common import fresh_workdir, small_cpu_settings, spread, write_result
 
 TARGET = 1.5
 #: A stage under this many seconds on the large lake is timer noise, whatever its ratio.
@@ -114,15 +114,7 @@ def write_pngs(images: list[tuple[str, int, Any, int]], dest: Path, labelled: bo
 
 
 def lake_settings(home: Path):
-    from visionloop.settings import load_settings
-
-    return load_settings(
-        data_home=home,
-        image_size=32,
-        training=TINY_TRAINING,
-        promotion={"first_model_floor": 0.0},
-        embeddings={"input_size": 32},
-    )
+    return small_cpu_settings(home, TINY_TRAINING)
 
 
 def task_seconds(flow_run_id: Any, wait_s: float = 30.0) -> dict[str, float]:

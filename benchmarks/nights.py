@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import RESULTS_DIR, fresh_workdir, spread, write_result
+from benchmarks.common import RESULTS_DIR, fresh_workdir, small_cpu_settings, spread, write_result
 from benchmarks.night_cost import TINY_TRAINING, task_seconds, write_pngs
 
 if TYPE_CHECKING:  # imported late at run time: Prefect reads its settings on import
@@ -170,14 +170,9 @@ def free_port() -> int:
 
 
 def arm_settings(home: Path, landing: Path, labelling: dict[str, Any], training: dict) -> Any:
-    from visionloop.settings import load_settings
-
-    return load_settings(
-        data_home=home,
-        image_size=32,
-        training=training,
-        promotion={"first_model_floor": 0.0},
-        embeddings={"input_size": 32},
+    return small_cpu_settings(
+        home,
+        training,
         labelling={"port": free_port(), **labelling},
         landing={"sources": [str(landing)]},
     )
