@@ -67,7 +67,7 @@ def thumbnails(data: bytes) -> np.ndarray:
 
 
 def plain_thumbnail(data: bytes) -> np.ndarray:
-    """Row 0 of :func:`thumbnails`, alone."""
+    """Row 0 of :func:`thumbnails` alone, as float32 grey levels in [0, 1]."""
     thumb = _blurred(data, BLUR).resize((SIDE, SIDE), Image.Resampling.BILINEAR)
     return np.asarray(thumb).astype(np.float32) / 255
 
