@@ -18,7 +18,7 @@ sampled every 0.1 s. Per stage: the median large/small ratio and its spread (min
 Results: ``benchmarks/results/night_cost.json``.
 
     .venv/bin/python -m benchmarks.night_cost [--small 5000] [--large 70000] [--night 1000]
-        [--rounds 2] [--work DIR]
+        [--rounds 2] [--warmup 0] [--work DIR] [--build-only | --lakes DIR]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from benchmarks.common import fresh_workdir, small_cpu_settings, spread, write_r
 TARGET = 1.5
 #: A stage under this many seconds on the large lake is timer noise, whatever its ratio.
 NEGLIGIBLE_S = 0.5
+LAKES_FILE = "lakes.json"  # what --build-only leaves for --lakes
 TOTAL_IMAGES = 70_000
 LAKE_DATE = "2026-11-01"
 #: Tiny CPU training (tests/integration/test_train_flow.py::TINY_TRAINING): a champion exists.
@@ -222,37 +223,10 @@ def print_table(summary: dict[str, Any]) -> None:
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", type=int, default=5_000)
-    parser.add_argument("--large", type=int, default=70_000)
-    parser.add_argument("--night", type=int, default=1_000)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--work", type=Path, help="an empty or new folder (default: fresh)")
-    args = parser.parse_args()
-    work = args.work or fresh_workdir("night-cost")
-    work.mkdir(parents=True, exist_ok=True)
-    if any(work.iterdir()):
-        parser.error(f"{work} is not empty: every run measures afresh")
-    large = min(args.large, TOTAL_IMAGES - args.rounds * args.night)
-    if large != args.large:
-        print(
-            f"large lake capped at {large:,}: the nights' {args.rounds * args.night:,} images "
-            "are ones no lake holds",
-            flush=True,
-        )
-    # Prefect reads its settings once, on import: its state lives in the work folder.
-    os.environ["PREFECT_HOME"] = str(work / "prefect")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-    from visionloop.ingest.samples import iter_images
-
-    images = list(iter_images())
-    nights_pool = images[TOTAL_IMAGES - args.rounds * args.night :]
+def build_lakes(work: Path, images: list, sizes: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Both lakes, each built by one trained nightly run; recorded in ``work/lakes.json``."""
     lakes: dict[str, dict[str, Any]] = {}
-    for name, size in (("small", args.small), ("large", large)):
+    for name, size in sizes.items():
         landing = work / f"landing-{name}"
         started = time.perf_counter()
         write_pngs(images[:size], landing / LAKE_DATE, labelled=True)
@@ -262,9 +236,8 @@ def main() -> None:
         build = run_night(config, landing, train=True)
         lakes[name] = {
             "images": size,
-            "settings": settings,
-            "config": config,
-            "landing": landing,
+            "config": str(config),
+            "landing": str(landing),
             "png_write_s": round(written_s, 1),
             "build": build,
         }
@@ -276,17 +249,80 @@ def main() -> None:
         print(json.dumps(build), flush=True)
         if not build["trained"]:
             raise SystemExit(f"the {name} lake has no champion; see the flow's log")
-    nights = []
-    for round_number in range(args.rounds):
-        night_images = nights_pool[round_number * args.night : (round_number + 1) * args.night]
+    (work / LAKES_FILE).write_text(json.dumps(lakes, indent=1))
+    return lakes
+
+
+def run_nights(
+    lakes: dict[str, dict[str, Any]], pool: list, night: int, rounds: int, warmup: int
+) -> list[dict[str, Any]]:
+    """``warmup + rounds`` fresh unlabelled nights on each lake (small first); the measured
+    ones (the warm-up nights, e.g. the first after an upgrade, are run and not returned)."""
+    from visionloop.settings import load_settings
+
+    measured = []
+    for number in range(warmup + rounds):
+        night_images = pool[number * night : (number + 1) * night]
         result = {}
         for name in ("small", "large"):
             lake = lakes[name]
-            write_pngs(night_images, lake["landing"] / f"2026-12-{round_number + 2:02d}", False)
-            result[name] = run_night(lake["config"], lake["landing"], train=False)
-            result[name]["lake_images_after"] = lake_rows(lake["settings"])
-            print(f"round {round_number + 1} {name}: {json.dumps(result[name])}", flush=True)
-        nights.append(result)
+            landing = Path(lake["landing"]) / f"2026-12-{number + 2:02d}"
+            write_pngs(night_images, landing, labelled=False)
+            result[name] = run_night(Path(lake["config"]), Path(lake["landing"]), train=False)
+            result[name]["lake_images_after"] = lake_rows(load_settings(lake["config"]))
+            kind = "warm-up" if number < warmup else "round"
+            print(f"{kind} {number + 1} {name}: {json.dumps(result[name])}", flush=True)
+        if number >= warmup:
+            measured.append(result)
+    return measured
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=5_000)
+    parser.add_argument("--large", type=int, default=70_000)
+    parser.add_argument("--night", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=0, help="unmeasured nights first")
+    parser.add_argument("--work", type=Path, help="an empty or new folder (default: fresh)")
+    parser.add_argument("--build-only", action="store_true", help="build the lakes and stop")
+    parser.add_argument(
+        "--lakes", type=Path, help="measure on the lakes a --build-only run left in this folder"
+    )
+    args = parser.parse_args()
+    nights_total = (args.warmup + args.rounds) * args.night
+    if args.lakes:
+        work = args.lakes
+        lakes = json.loads((work / LAKES_FILE).read_text())
+    else:
+        work = args.work or fresh_workdir("night-cost")
+        work.mkdir(parents=True, exist_ok=True)
+        if any(work.iterdir()):
+            parser.error(f"{work} is not empty: every run measures afresh")
+    # Prefect reads its settings once, on import: its state lives in the work folder.
+    os.environ["PREFECT_HOME"] = str(work / "prefect")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    from visionloop.ingest.samples import iter_images
+
+    images = list(iter_images())
+    if not args.lakes:
+        large = min(args.large, TOTAL_IMAGES - nights_total)
+        if large != args.large:
+            print(
+                f"large lake capped at {large:,}: the nights' {nights_total:,} images "
+                "are ones no lake holds",
+                flush=True,
+            )
+        lakes = build_lakes(work, images, {"small": args.small, "large": large})
+        if args.build_only:
+            return
+    if max(lake["images"] for lake in lakes.values()) + nights_total > TOTAL_IMAGES:
+        parser.error("the nights would reuse images the large lake holds: fewer nights")
+    pool = images[TOTAL_IMAGES - nights_total :]
+    nights = run_nights(lakes, pool, args.night, args.rounds, args.warmup)
     summary = summarise(nights)
     print_table(summary)
     write_result(
@@ -302,6 +338,7 @@ def main() -> None:
             },
             "night_images": args.night,
             "rounds": args.rounds,
+            "warmup_nights": args.warmup,
             "lakes": {
                 name: {key: lake[key] for key in ("images", "png_write_s", "build")}
                 for name, lake in lakes.items()
