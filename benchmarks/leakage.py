@@ -30,7 +30,7 @@ from PIL import Image, ImageEnhance
 from benchmarks.common import write_result
 from visionloop.embeddings import fingerprints
 from visionloop.embeddings.embedder import embedder_source
-from visionloop.embeddings.index import VectorIndex
+from visionloop.embeddings.index import LakeIndexes, VectorIndex, spectrum_factory
 from visionloop.embeddings.leakage import Candidates, Pair, candidates_of, verified_pairs
 from visionloop.embeddings.vectors import Vectors
 from visionloop.ingest.samples import load_part
@@ -127,11 +127,15 @@ def _check(
     """The shipped two steps over an in-memory lake of ``ids``; their time."""
     started = time.perf_counter()
     version = "bench"
-    index = VectorIndex.build(Vectors(version, ids, vectors), settings.similarity)
-    queries = Vectors(version, ids, vectors).subset(query_ids)
-    candidates = candidates_of(
-        query_ids, index, queries, Vectors(version, ids, prints), settings.leakage
+    indexes = LakeIndexes(
+        VectorIndex.build(Vectors(version, ids, vectors), settings.similarity),
+        VectorIndex.build(
+            Vectors(version, ids, prints),
+            settings.similarity,
+            factory=spectrum_factory(settings.similarity),
+        ),
     )
+    candidates = candidates_of(query_ids, indexes, settings.leakage)
     splits = {image_id: "val" if image_id.startswith("c") else "test" for image_id in ids}
     involved = set(query_ids).union(*(c.nearest for c in candidates))
     pairs = verified_pairs(

@@ -11,7 +11,7 @@ from pyspark.sql import SparkSession
 
 from visionloop.embeddings import feature_store as features
 from visionloop.embeddings.embedder import current_embedder, embedding_job
-from visionloop.embeddings.index import VectorIndex, index_dir, updated_index
+from visionloop.embeddings.index import LakeIndexes, updated_indexes
 from visionloop.embeddings.leakage import check_batches, pairs_markdown, pairs_table
 from visionloop.embeddings.results import IndexUpdate, LeakageResult
 from visionloop.lake.exclusions import exclude
@@ -45,11 +45,12 @@ def embed_images(
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NONE)
 def update_index(settings: Settings, embedder_version: str) -> IndexUpdate:
-    """Grow (or build) the persisted index of the embedder version."""
-    index, added = updated_index(
+    """Grow (or build) the persisted indexes of the embedder version by the partitions of
+    vectors they do not hold yet."""
+    indexes, added = updated_indexes(
         settings.index_dir, settings.lake_dir, embedder_version, settings.similarity
     )
-    return IndexUpdate(embedder_version, len(index), added)
+    return IndexUpdate(embedder_version, len(indexes.vectors), added)
 
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NONE)
@@ -58,9 +59,8 @@ def check_leakage(
 ) -> LeakageResult:
     """Near-duplicates and cross-split leakage of the batches' images; the expectation on the
     leakage rate (critical when ``leakage.severity`` says so) stops the flow."""
-    index = VectorIndex.load(index_dir(settings.index_dir, embedder_version), settings.similarity)
-    leakage = settings.leakage
-    found = check_batches(snapshot, index, batch_ids, leakage)
+    indexes = LakeIndexes.load(settings.index_dir, embedder_version, settings.similarity)
+    found = check_batches(snapshot, indexes, batch_ids, settings.leakage)
     name = "-".join(sorted(batch_ids))[:120] or "lake"
     report = settings.reports_dir / "leakage" / f"{name}.parquet"
     report.parent.mkdir(parents=True, exist_ok=True)

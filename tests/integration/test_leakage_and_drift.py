@@ -20,7 +20,7 @@ from PIL import Image, ImageEnhance, ImageOps, PngImagePlugin
 
 from tests.lakes import commit_rows
 from visionloop.embeddings.embedder import EmbedderSource, EmbeddingJob
-from visionloop.embeddings.index import updated_index
+from visionloop.embeddings.index import updated_indexes
 from visionloop.embeddings.leakage import LEAKAGE, check_batches
 from visionloop.lake import commit as lake
 from visionloop.lake.contract import split_for
@@ -125,8 +125,10 @@ def test_planted_copies_are_found_and_distinct_images_rarely_flagged(tmp_path: P
     rows = [_row(settings, path.read_bytes(), label, str(path)) for path, label in originals]
     commit_rows(settings, rows, batch_id="originals")
     version = _embed(settings, "emb-originals")
-    index, _ = updated_index(settings.index_dir, settings.lake_dir, version, settings.similarity)
-    distinct = check_batches(take(settings.lake_dir), index, ["originals"], settings.leakage)
+    indexes, _ = updated_indexes(
+        settings.index_dir, settings.lake_dir, version, settings.similarity
+    )
+    distinct = check_batches(take(settings.lake_dir), indexes, ["originals"], settings.leakage)
     flagged = {i for p in distinct.pairs for i in (p.image_a, p.image_b)}
     assert len(flagged) / len(rows) <= 0.01, distinct.pairs[:5]
 
@@ -139,8 +141,10 @@ def test_planted_copies_are_found_and_distinct_images_rarely_flagged(tmp_path: P
             expected.add(frozenset((copy["image_id"], original["image_id"])))
     commit_rows(settings, planted, batch_id="planted")
     version = _embed(settings, "emb-planted")
-    index, _ = updated_index(settings.index_dir, settings.lake_dir, version, settings.similarity)
-    found = check_batches(take(settings.lake_dir), index, ["planted"], settings.leakage)
+    indexes, _ = updated_indexes(
+        settings.index_dir, settings.lake_dir, version, settings.similarity
+    )
+    found = check_batches(take(settings.lake_dir), indexes, ["planted"], settings.leakage)
     leaks = {frozenset((p.image_a, p.image_b)) for p in found.pairs if p.kind == LEAKAGE}
     assert len(leaks & expected) / len(expected) >= 0.9
     assert found.summary.leakage_rate >= 0.9 and found.images

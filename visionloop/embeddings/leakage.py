@@ -4,7 +4,7 @@ Two images that show the same picture (resized, re-encoded, brightened, cropped 
 pixels ...) across train/val/test are **leakage**: the test split no longer measures
 generalisation. Within one split they are **near-duplicates**. For each image checked,
 candidates are its ``leakage.neighbours`` nearest images by embedding (the similar-image
-index) and by pixel spectrum (exact search over the stored fingerprints). A candidate is a
+index) and by pixel spectrum (the spectrum index beside it). A candidate is a
 copy when the fixed-position fingerprint similarity of the two (resized, re-encoded,
 brightened, cropped copies; :mod:`visionloop.embeddings.fingerprints`) reaches
 ``leakage.threshold``, or, for the ``leakage.aligned_neighbours`` nearest by each, when
@@ -22,12 +22,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-import numpy as np
 import pyarrow as pa
 
 from visionloop.embeddings import alignment, fingerprints
-from visionloop.embeddings.index import VectorIndex
-from visionloop.embeddings.vectors import Vectors, read_vectors
+from visionloop.embeddings.index import LakeIndexes, VectorIndex
 from visionloop.lake.snapshot import LakeSnapshot, row_groups
 from visionloop.preprocessing import decode_stored
 from visionloop.settings import LeakageSettings
@@ -180,17 +178,16 @@ class LeakageCheck:
 
 def check_batches(
     snapshot: LakeSnapshot,
-    index: VectorIndex,
+    indexes: LakeIndexes,
     batch_ids: Collection[str],
     settings: LeakageSettings,
 ) -> LeakageCheck:
-    """Pairs of each image of ``batch_ids`` with its copies anywhere in the lake."""
+    """Pairs of each image of ``batch_ids`` with its copies anywhere in the lake (the
+    batches' images are in ``indexes`` already)."""
     query_ids = _batch_ids(snapshot, batch_ids)
     if not query_ids:  # a batch of duplicates only
         return LeakageCheck([], summarise([], []), {})
-    query = read_vectors(snapshot.lake_path, index.version, image_ids=query_ids)
-    prints = read_vectors(snapshot.lake_path, index.version, column="fingerprint")
-    candidates = candidates_of(query_ids, index, query, prints, settings)
+    candidates = candidates_of(query_ids, indexes, settings)
     involved = set(query_ids).union(*(c.nearest for c in candidates))
     images = _column(snapshot, involved, "image")
     splits = _column(snapshot, involved, "split")
@@ -211,16 +208,12 @@ class Candidates:
 
 
 def candidates_of(
-    query_ids: Sequence[str],
-    index: VectorIndex,
-    query: Vectors,
-    prints: Vectors,
-    settings: LeakageSettings,
+    query_ids: Sequence[str], indexes: LakeIndexes, settings: LeakageSettings
 ) -> list[Candidates]:
-    """Each query's nearest images by embedding (``query`` holds the queries' vectors) and by
-    pixel spectrum (``prints``: every image's stored fingerprint), nearest first."""
-    by_embedding = nearest_by_embedding(index, query, settings.neighbours)
-    by_pixels = nearest_by_fingerprint(prints, query_ids, settings.neighbours)
+    """Each query's ``leakage.neighbours`` nearest images by embedding and by pixel spectrum,
+    from the two indexes (which hold the queries too)."""
+    by_embedding = nearest(indexes.vectors, query_ids, settings.neighbours)
+    by_pixels = nearest(indexes.spectra, query_ids, settings.neighbours)
     m = settings.aligned_neighbours
     return [
         Candidates(
@@ -288,27 +281,13 @@ def _aligned_pairs(
     return pairs
 
 
-def nearest_by_embedding(index: VectorIndex, query: Vectors, k: int) -> dict[str, list[str]]:
-    """Each query's ``k`` nearest images by embedding, nearest first (itself included)."""
+def nearest(index: VectorIndex, query_ids: Sequence[str], k: int) -> dict[str, list[str]]:
+    """The ``k`` nearest images of each query the index holds, nearest first (itself
+    included), searched by its stored vector."""
+    query = index.vectors_of(query_ids)
     found = index.search(query.matrix, k + 1)
     return {
         image_id: [n.image_id for n in row] for image_id, row in zip(query.ids, found, strict=True)
-    }
-
-
-def nearest_by_fingerprint(lake: Vectors, query_ids: Sequence[str], k: int) -> dict[str, list[str]]:
-    """Exact inner-product search over every image's stored spectrum, nearest first."""
-    import faiss
-
-    if not len(lake):
-        return {}
-    search = faiss.IndexFlatIP(lake.matrix.shape[1])
-    search.add(np.ascontiguousarray(lake.matrix))
-    query = lake.subset(query_ids)
-    _, positions = search.search(np.ascontiguousarray(query.matrix), min(k + 1, len(lake)))
-    return {
-        image_id: [lake.ids[p] for p in row if p >= 0]
-        for image_id, row in zip(query.ids, positions, strict=True)
     }
 
 

@@ -36,7 +36,7 @@ def similar(settings: Settings, source: EmbedderSource, query: str, k: int = 10)
             f"no similarity index for embedder {source.version} under {settings.index_dir}; "
             "run the embed flow (or `visionloop run`) first"
         )
-    index = VectorIndex.load(directory, settings.similarity, mmap=True)
+    index = VectorIndex.load(directory, settings.similarity)
     if Path(query).is_file():
         vector = source.build().embed([Path(query).read_bytes()])
         exclude = None
