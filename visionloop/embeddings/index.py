@@ -506,7 +506,8 @@ def _updated(
     except FileNotFoundError:  # none yet, or saved before shards
         index = None
     if index is not None and not index.stale:
-        new = [batch for batch in partitions if batch not in held_batches(index, lake_dir)]
+        held = held_batches(index, lake_dir)
+        new = [batch for batch in partitions if batch not in held]
         vectors = read_vectors(lake_dir, version, column=column, batch_ids=new)
         added = index.add(vectors, new) if len(vectors) else 0
         index.batches.update(new)
