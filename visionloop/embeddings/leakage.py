@@ -189,8 +189,9 @@ def check_batches(
         return LeakageCheck([], summarise([], []), {})
     candidates = candidates_of(query_ids, indexes, settings)
     involved = set(query_ids).union(*(c.nearest for c in candidates))
-    images = _column(snapshot, involved, "image")
-    splits = _column(snapshot, involved, "split")
+    rows = snapshot.lookup(involved, ["image", "split"])
+    images = {image_id: row["image"] for image_id, row in rows.items()}
+    splits = {image_id: row["split"] for image_id, row in rows.items()}
     pairs = verified_pairs(query_ids, candidates, images, splits, settings)
     shown = {image for pair in pairs[:PAIRS_SHOWN] for image in (pair.image_a, pair.image_b)}
     return LeakageCheck(
@@ -301,8 +302,3 @@ def _batch_ids(snapshot: LakeSnapshot, batch_ids: Collection[str]) -> list[str]:
         for part in row_groups(paths, ["image_id"])
         for image_id in part.table["image_id"].to_pylist()
     ]
-
-
-def _column(snapshot: LakeSnapshot, image_ids: Collection[str], column: str) -> dict[str, object]:
-    """``image_id -> column`` for some images of the snapshot."""
-    return {image_id: row[column] for image_id, row in snapshot.lookup(image_ids, [column]).items()}
