@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 PREPROCESSING_VERSION = 1
 
 OUTPUT_FORMATS = ("PNG", "JPEG")
+#: The JPEG comment of stored JPEGs: :func:`model_image` decodes them as they are, as
+#: training does, instead of preprocessing (and so re-encoding) them once more.
+STORED_MARK = b"visionloop stored image"
 #: Formats (as PIL names them) that are decoded. Anything else PIL identifies is rejected
 #: as ``unsupported_format``: e.g. EPS (would run Ghostscript), TGA (has no magic number, so
 #: arbitrary binary data can pass for it) and identify-only stubs such as MPEG or WMF.
@@ -238,13 +241,29 @@ def model_image(data: bytes, options: ImageOptions) -> Image.Image:
     """What a model sees for any encoded image: preprocessed as at ingest, then decoded.
 
     The lake's stored bytes come out exactly as training decodes them (preprocessing is
-    idempotent on its own PNG output); an original file comes out as ingest would store it.
+    idempotent on its own PNG output; a stored JPEG, marked, is decoded as it is); an
+    original file comes out as ingest would store it.
     Raises :class:`ImageRejectedError` for bytes ingest would quarantine.
     """
+    if _is_stored_jpeg(data, options):  # re-encoding it would change its pixels
+        return decode_stored(data)
     processed = process_image_bytes(data, options)
     if isinstance(processed, Rejection):
         raise ImageRejectedError(processed)
     return decode_stored(processed.image)
+
+
+def _is_stored_jpeg(data: bytes, options: ImageOptions) -> bool:
+    """Whether ``data`` is a JPEG :func:`process_image_bytes` wrote for ``options``: lossy,
+    so not a fixed point of preprocessing as a stored PNG is; it carries :data:`STORED_MARK`."""
+    if options.image_format != "JPEG" or not data.startswith(b"\xff\xd8"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            size = (options.size, options.size)
+            return image.info.get("comment") == STORED_MARK and image.size == size
+    except Exception:  # not for this check to reject; process_image_bytes names the problem
+        return False
 
 
 # ---------------------------------------------------------------- processing bytes
@@ -483,7 +502,7 @@ def _encode(image: Image.Image, options: ImageOptions) -> bytes:
     if options.image_format == "PNG":
         image.save(buffer, "PNG", optimize=False, compress_level=_PNG_COMPRESS_LEVEL)
     else:
-        image.save(buffer, "JPEG", quality=options.jpeg_quality)
+        image.save(buffer, "JPEG", quality=options.jpeg_quality, comment=STORED_MARK)
     return buffer.getvalue()
 
 

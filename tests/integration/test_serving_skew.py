@@ -3,7 +3,8 @@ the same probabilities, because both pass through the one ingest preprocessing.
 
 The lake is written by the real Spark job from the bad-input corpus (16-bit, RGBA, palette,
 CMYK, EXIF-rotated, animated, non-square, unicode names ...) plus sample photos stored
-rotated with an EXIF orientation tag, as a phone would store them.
+rotated with an EXIF orientation tag, as a phone would store them; stored as PNG and as
+JPEG (a stored JPEG is decoded as it is, never encoded a second time).
 """
 
 from __future__ import annotations
@@ -66,10 +67,16 @@ def _naive(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
 def test_raw_file_bytes_and_stored_lake_bytes_give_the_same_probabilities(
-    spark, tmp_path: Path
+    spark, tmp_path: Path, image_format: str
 ) -> None:
-    settings = load_settings(data_home=tmp_path / "home", spark_master="local[2]", image_size=SIZE)
+    settings = load_settings(
+        data_home=tmp_path / "home",
+        spark_master="local[2]",
+        image_size=SIZE,
+        image_format=image_format,
+    )
     corpus, photos = tmp_path / "corpus", tmp_path / "photos"
     build_bad_corpus(corpus)
     rotated = _rotated_sample_photos(photos)
