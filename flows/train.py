@@ -11,9 +11,11 @@ from prefect import flow
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.parameters import TrainParameters
 from visionloop.registry.challenger import Challenger, TrainingPlan
+from visionloop.registry.export import ExportedModel
 from visionloop.registry.promotion import PromotionResult
 from visionloop.registry.tracking import ChampionSummary, Tracking
 from visionloop.settings import Settings, load_settings
+from visionloop.tasks.export import export_onnx
 from visionloop.tasks.train import (
     connect_tracking,
     describe_champion,
@@ -27,7 +29,8 @@ from visionloop.tasks.train import (
 @dataclass(frozen=True)
 class TrainResult:
     """What the train stage did: its plan, the challenger trained (if any), the promotion
-    (None when skipped or not asked for) and the champion afterwards.
+    (None when skipped or not asked for), the champion afterwards and, when the promotion
+    made a champion, its ONNX export (or why that failed: the champion stands either way).
 
     The plan says why a run skipped (``plan.reason``) or which version it reused
     (``plan.version``).
@@ -38,6 +41,8 @@ class TrainResult:
     challenger: Challenger | None = None
     promotion: PromotionResult | None = None
     champion: ChampionSummary | None = None
+    export: ExportedModel | None = None
+    export_error: str | None = None
 
     @property
     def trained(self) -> bool:
@@ -72,4 +77,12 @@ def train_and_promote(
         challenger = train_model(tracking, settings, snapshot, decided, output_dir, expectations)
         version = challenger.version.version
     promotion = promote_model(tracking, settings, snapshot, version) if params.promote else None
-    return TrainResult(decided, snapshot.id, challenger, promotion, describe_champion(tracking))
+    export, export_error = None, None
+    if promotion is not None and promotion.decision.promoted:
+        state = export_onnx(tracking, snapshot, promotion.challenger_version, return_state=True)
+        if state.is_completed():
+            export = state.result()
+        else:
+            export_error = str(state.result(raise_on_failure=False))
+    champion = describe_champion(tracking)
+    return TrainResult(decided, snapshot.id, challenger, promotion, champion, export, export_error)

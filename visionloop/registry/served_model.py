@@ -131,7 +131,8 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={installed_version(name).split('+')[0]}" for name in REQUIREMENTS]
 
 
-def _signature():
+def model_signature():
+    """Encoded images in; label, probabilities, confidence out (the torch and ONNX pyfuncs)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
     from mlflow.types.schema import Array
@@ -148,7 +149,8 @@ def _signature():
     )
 
 
-def _grey_png(size: int) -> bytes:
+def grey_png(size: int) -> bytes:
+    """A mid-grey square PNG: the logged models' input example."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -168,7 +170,7 @@ def save_model(
         "input_size": classifier.spec.input_size,
         "preprocessing": classifier.options.to_dict(),
     }
-    example = examples or [_grey_png(classifier.options.size)]
+    example = examples or [grey_png(classifier.options.size)]
     with tempfile.TemporaryDirectory(prefix="visionloop-model-parts-") as parts:
         config_path = Path(parts) / "config.json"
         config_path.write_text(json.dumps(config, indent=2))
@@ -181,7 +183,7 @@ def save_model(
             python_model=str(entry),
             artifacts={MODEL_PT_ARTIFACT: str(model_pt), CONFIG_ARTIFACT: str(config_path)},
             code_paths=[str(code)],
-            signature=_signature(),
+            signature=model_signature(),
             input_example=pd.DataFrame({IMAGE_COLUMN: example[:2]}),
             pip_requirements=pip_requirements(),
         )
