@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pyspark.sql import SparkSession
 
+from visionloop.alerts import emit_batch_held
 from visionloop.ingest.landing import landing_sources
 from visionloop.ingest.report import IngestReport
 from visionloop.lake import commit as lake
@@ -57,6 +58,7 @@ def ingest_batch(spark: SparkSession, settings: Settings, params: IngestParamete
         if not gate.passed:
             publish_ingest_report(report, gate)
             held = hold_batch(settings, report)
+            emit_batch_held(gate, held)
             raise QualityGateError(f"{gate.message}\nThe batch is held at {held}.")
         commit_batch(settings, report)
     if settings.landing.after_ingest == "archive":

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 from pyspark.sql import SparkSession
 
+from visionloop.alerts import emit_leakage
 from visionloop.embeddings import feature_store as features
 from visionloop.embeddings.embedder import current_embedder, embedding_job
 from visionloop.embeddings.index import LakeIndexes, updated_indexes
@@ -74,6 +75,7 @@ def check_leakage(
     create_markdown_artifact(
         key="leakage-pairs", markdown=pairs_markdown(found.pairs, found.images)
     )
+    emit_leakage(gate)
     enforce(gate)
     return LeakageResult(found.summary, len(copies), report, gate)
 

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
 
+from visionloop.alerts import emit_drift
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.monitoring.decision import NightlyDecision
 from visionloop.monitoring.drift import DriftCheck, DriftInputError, DriftResult, drift_report, save
@@ -54,6 +55,7 @@ def check_drift(
     tracking.client.log_artifact(run_id, str(files["html"]), "drift")
     _publish(result, files["html"], champion)
     drifted_ids = sets.current_ids if result.drifted else []
+    emit_drift(result, files["html"], batch_ids)
     return DriftCheck(result, result.reason, files["html"], drifted_ids)
 
 

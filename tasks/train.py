@@ -14,6 +14,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
+from visionloop.alerts import emit_promotion
 from visionloop.lake.snapshot import LakeSnapshot, take
 from visionloop.registry.challenger import (
     Challenger,
@@ -98,6 +99,7 @@ def promote_model(
 ) -> PromotionResult:
     """The champion/challenger gate; the decision with its numbers becomes an artifact."""
     result = promote(tracking, settings, snapshot, version)
+    emit_promotion(result)  # before anything a retry would repeat: a retry replays the decision
     create_table_artifact(
         key="promotion",
         table=result.rows,

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from visionloop.alerts import apply_alerts
 from visionloop.settings import REPO_ROOT, Settings
 
 PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
@@ -30,7 +31,7 @@ def _prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 
 def deploy_all(settings: Settings, pool: str = "visionloop") -> None:
-    """Create the process work pool (if missing) and apply every deployment."""
+    """Create the process work pool (if missing), apply every deployment and the alerts."""
     env = deployment_env(settings)
     created = _prefect("work-pool", "create", pool, "--type", "process", env=env)
     if created.returncode != 0 and "already exists" not in created.stdout + created.stderr:
@@ -41,6 +42,10 @@ def deploy_all(settings: Settings, pool: str = "visionloop") -> None:
             f"prefect deploy failed: {_tail(applied)}\n"
             "Is the Prefect API reachable? Check PREFECT_API_URL or start it with `make serve`."
         )
+    try:
+        apply_alerts(settings)
+    except Exception as error:  # the API's error, whatever the client raised
+        raise DeployError(f"could not create the alert automations: {error}") from error
 
 
 def _tail(result: subprocess.CompletedProcess[str], lines: int = 15) -> str:

@@ -255,6 +255,15 @@ class LabellingSettings(BaseModel):
     seed: int = 0
 
 
+class AlertSettings(BaseModel):
+    """Where alerts go: ``visionloop deploy`` creates the Prefect automations that post them."""
+
+    webhook_url: SecretStr | None = Field(
+        None,
+        description='a Slack-compatible incoming webhook (POST {"text": ...}); unset: no alerts',
+    )
+
+
 class Settings(BaseSettings):
     """Everything visionloop can be configured with, in one place."""
 
@@ -304,6 +313,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
     labelling: LabellingSettings = LabellingSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("data_home")
     @classmethod

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from visionloop import locks
+from visionloop.alerts import emit_rollback
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.registry.served_model import predict_proba_fn
 from visionloop.registry.significance import PairedDelta, paired_bootstrap, recall_drop_lows
@@ -545,4 +546,6 @@ def rollback(tracking: Tracking, settings: Settings) -> RollbackResult:
                 {ROLLED_BACK_TAG: "true", "rolled_back_at": now_iso(), "rolled_back_to": previous},
             )
         client.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
-    return RollbackResult(name=name, champion_version=previous, demoted_version=current)
+    result = RollbackResult(name=name, champion_version=previous, demoted_version=current)
+    emit_rollback(result)
+    return result
