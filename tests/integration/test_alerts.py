@@ -157,6 +157,15 @@ def broken_night() -> None:
     raise RuntimeError("the lake writer lock is held by host-b")
 
 
+class WorkerKilled(BaseException):
+    """What a killed process looks like to the engine: the run ends Crashed."""
+
+
+@flow(name="nightly")
+def crashed_night() -> None:
+    raise WorkerKilled("the worker was killed")
+
+
 @flow(name="ingest")
 def broken_ingest() -> None:
     raise RuntimeError("not a night: no alert")
@@ -193,22 +202,25 @@ def test_each_alert_arrives_once_with_its_reason_and_link(
 
     night = broken_night(return_state=True)
     assert night.is_failed()
+    with pytest.raises(WorkerKilled):
+        crashed_night()
     assert broken_ingest(return_state=True).is_failed()
     probe = raise_every_alert(return_state=True)
     assert probe.is_completed()
     emit_rollback(RollbackResult("visionloop-classifier", "6", "7"))  # the CLI: no flow run
 
-    wait_for(lambda: len(receiver.bodies) >= len(ALERTS), DELIVERY_S, "every alert delivered")
+    sent = len(ALERTS) + 1  # the night alert twice: failed, crashed
+    wait_for(lambda: len(receiver.bodies) >= sent, DELIVERY_S, "every alert delivered")
     time.sleep(QUIET_S)
     texts = receiver.texts()
     ui = prefect_api.removesuffix("/api")
     by_subject = {alert.name: [t for t in texts if _subject(alert) in t] for alert in ALERTS}
-    assert {name: len(found) for name, found in by_subject.items()} == dict.fromkeys(names, 1), (
-        texts
-    )
-    assert len(texts) == len(ALERTS), texts
+    once = dict.fromkeys(names, 1) | {"visionloop: night failed": 2}
+    assert {name: len(found) for name, found in by_subject.items()} == once, texts
+    assert len(texts) == sent, texts
 
-    failed = by_subject["visionloop: night failed"][0]
+    failed, crashed = sorted(by_subject["visionloop: night failed"], key=lambda t: "Crashed" in t)
+    assert "ended Crashed" in crashed and "the worker was killed" in crashed, crashed
     assert "the lake writer lock is held by host-b" in failed
     assert f"{ui}/runs/flow-run/{night.state_details.flow_run_id}" in failed
     probe_link = f"{ui}/runs/flow-run/{probe.state_details.flow_run_id}"
