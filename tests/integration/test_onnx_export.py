@@ -26,6 +26,7 @@ from visionloop.registry.export import (
     ONNX_MODEL_NAME_IN_RUN,
     PARITY_ATOL,
     export_graph,
+    export_registered,
     export_version,
     load_onnx_pyfunc,
     parity_images,
@@ -168,6 +169,9 @@ def test_train_flow_exports_each_new_champion_once(tmp_path: Path) -> None:
     assert first.export.version == first.champion.version and not first.export.reused
     tracking = Tracking.connect(settings)
     assert tracking.version_tags(first.champion.version)[MODEL_ID_TAG] == first.export.model_id
+
+    by_hand = export_registered(tracking, settings)  # what `visionloop export` calls
+    assert by_hand.reused and by_hand.model_id == first.export.model_id
 
     unchanged = train(TrainParameters(config=config))  # same data: skipped, nothing exported
     assert unchanged.plan.action == "skip" and unchanged.export is None

@@ -46,7 +46,8 @@ from visionloop.registry.served_model import (
     pip_requirements,
     prediction_frame,
 )
-from visionloop.registry.tracking import Tracking, now_iso
+from visionloop.registry.tracking import CHAMPION, Tracking, now_iso
+from visionloop.settings import Settings
 
 #: The largest |probability difference| to the torch model an export may have.
 PARITY_ATOL = 1e-4
@@ -303,7 +304,7 @@ def exported(tracking: Tracking, version: str) -> ExportedModel | None:
         logged = tracking.client.get_logged_model(model_id)
     except MlflowException:
         return None
-    if str(logged.status) not in ("READY", "LoggedModelStatus.READY"):
+    if str(logged.status) != "READY":  # a FAILED or unfinished upload is exported again
         return None
     found = Parity(
         int(tags.get("onnx.parity_images", "0")),
@@ -373,6 +374,19 @@ def _log(tracking: Tracking, version: str, local: Path, temperature: float) -> t
         raise
     client.finalize_logged_model(logged.model_id, "READY")
     return logged.model_id, logged.artifact_location
+
+
+def export_registered(
+    tracking: Tracking, settings: Settings, version: str | None = None, *, force: bool = False
+) -> ExportedModel:
+    """For the CLI: export ``version`` (default: the champion), its parity checked on the
+    current lake's test split."""
+    from visionloop.lake.snapshot import take
+
+    version = version or tracking.alias_version(CHAMPION)
+    if version is None:
+        raise LookupError(f"registered model {tracking.model_name} has no '{CHAMPION}' version")
+    return export_version(tracking, version, parity_images(take(settings.lake_dir)), force=force)
 
 
 def load_onnx_pyfunc(tracking: Tracking, version: str) -> mlflow.pyfunc.PyFuncModel:
