@@ -2,7 +2,8 @@
 
 :func:`build_bad_corpus` writes an ImageFolder (``root/shirt/...``, ``root/trouser/...``) of
 about 30 entries (well under 1 MB): ordinary images, every awkward-but-valid kind of image
-(CMYK, 16-bit, alpha, palette, animated, EXIF-rotated, unicode names), files that must be
+(CMYK, 16-bit, alpha, palette, animated, EXIF-rotated, HEIC and AVIF as phones and cameras
+shoot them, unicode names), files that must be
 quarantined, file-system traps (symlink loops, a dangling link, a FIFO, a file that cannot
 be opened while :func:`leases_held` runs) and cross-file cases (duplicates, one content under
 two labels).
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import pillow_heif
 from PIL import Image
 
 from visionloop.lake.contract import Reason
@@ -174,17 +176,38 @@ def animated_gif_bytes(width: int = 30, height: int = 20) -> bytes:
     return _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
-def rotated_jpeg_bytes(width: int = 60, height: int = 30) -> bytes:
-    """Landscape-stored JPEG with EXIF orientation 6 (display rotates 90 degrees clockwise).
+def rotated_jpeg_bytes(width: int = 60, height: int = 30, fmt: str = "JPEG") -> bytes:
+    """Landscape-stored image with EXIF orientation 6 (display rotates 90 degrees clockwise).
 
     The stored image is grey with a red top-left quarter; displayed, it is portrait
-    (``height x width``) with the red quarter at the top right.
+    (``height x width``) with the red quarter at the top right. ``fmt`` is ``JPEG``,
+    ``AVIF`` or ``HEIF`` (which stores the rotation as its ``irot`` transform).
     """
     image = Image.new("RGB", (width, height), (128, 128, 128))
     image.paste((230, 0, 0), (0, 0, width // 2, height // 2))
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6
-    return _encode(image, "JPEG", quality=95, exif=exif.tobytes())
+    if fmt == "HEIF":
+        return _heif(image, exif=exif.tobytes())
+    return _encode(image, fmt, quality=95, exif=exif.tobytes())
+
+
+def _heif(image: Image.Image, **params: object) -> bytes:
+    """HEIC (HEVC in HEIF) through pillow-heif's own API: PIL's openers stay as they were,
+    so a test still sees whether the preprocessing registers the HEIF opener itself."""
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=90, **params)
+    return buffer.getvalue()
+
+
+def heic_bytes(seed: int, width: int, height: int) -> bytes:
+    """A HEIC photo (the format phones shoot), encoded by x265 through pillow-heif."""
+    return _heif(_rgb(seed, width, height))
+
+
+def avif_bytes(seed: int, width: int, height: int) -> bytes:
+    """An AVIF photo (AV1 in HEIF, as many cameras write), encoded by Pillow."""
+    return _encode(_rgb(seed, width, height), "AVIF", quality=90)
 
 
 EPS_BYTES = (
@@ -245,12 +268,16 @@ def _write_images(root: Path) -> list[CorpusEntry]:
             ("trouser/animated.gif", animated_gif_bytes(), OK, "two frames; first is used"),
             ("shirt/rotated.jpg", rotated_jpeg_bytes(), OK, "EXIF orientation 6"),
             ("shirt/progressive.jpg", jpeg_bytes(8, 64, 48, progressive=True), OK, "progressive"),
+            ("shirt/phone.heic", heic_bytes(14, 64, 48), OK, "HEIC, as phones shoot"),
+            ("trouser/camera.avif", avif_bytes(15, 48, 64), OK, "AVIF, portrait"),
+            ("trouser/rotated.heif", rotated_jpeg_bytes(fmt="HEIF"), OK, "HEIF with irot"),
+            ("shirt/rotated.avif", rotated_jpeg_bytes(fmt="AVIF"), OK, "AVIF, EXIF orientation 6"),
         ],
     )
 
 
 def _write_bad_files(root: Path) -> list[CorpusEntry]:
-    truncated = jpeg_bytes(9, 100, 60)
+    truncated, truncated_heic = jpeg_bytes(9, 100, 60), heic_bytes(16, 64, 48)
     return _files(
         root,
         [
@@ -259,6 +286,12 @@ def _write_bad_files(root: Path) -> list[CorpusEntry]:
                 truncated[: len(truncated) // 2],
                 Reason.CORRUPT.value,
                 "JPEG cut in half: must not be padded with grey",
+            ),
+            (
+                "trouser/truncated.heic",
+                truncated_heic[: len(truncated_heic) // 2],
+                Reason.CORRUPT.value,
+                "HEIC cut in half: its HEIF boxes no longer parse",
             ),
             (
                 "trouser/broken_header.png",

@@ -10,11 +10,12 @@ processes and threads. Every problem with the input becomes a :class:`Rejection`
 :class:`~visionloop.lake.contract.Reason`; nothing here raises on bad input data.
 
 Pipeline of :func:`process_image_bytes`: identify the format from the content (the file
-name is ignored), refuse formats outside :data:`SUPPORTED_FORMATS`, refuse images over the
-pixel limit before any pixel is decoded, decode the first frame strictly (truncated data is
-an error, never padded), apply the EXIF orientation, convert to RGB (alpha composited over
-white, 16-bit and float scaled to 8-bit, CMYK through its ICC profile when it has one),
-letterbox to ``size x size`` on black and encode as PNG or JPEG.
+name is ignored; HEIC/HEIF through pillow-heif, AVIF through Pillow itself), refuse formats
+outside :data:`SUPPORTED_FORMATS`, refuse images over the pixel limit before any pixel is
+decoded, decode the first frame strictly (truncated data is an error, never padded), apply
+the EXIF orientation, convert to RGB (alpha composited over white, 16-bit and float scaled
+to 8-bit, CMYK through its ICC profile when it has one), letterbox to ``size x size`` on
+black and encode as PNG or JPEG.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from visionloop.lake.contract import Reason
 
@@ -49,9 +51,13 @@ STORED_MARK = b"visionloop stored image"
 #: as ``unsupported_format``: e.g. EPS (would run Ghostscript), TGA (has no magic number, so
 #: arbitrary binary data can pass for it) and identify-only stubs such as MPEG or WMF.
 SUPPORTED_FORMATS = frozenset(
-    {"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "AVIF", "ICO"}
+    {"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "AVIF", "HEIF", "ICO"}
     | {"JPEG2000", "QOI"}
 )
+#: ISO-BMFF ``ftyp`` brands (bytes 8..12) of AVIF and of HEIC/HEIF files (``mif1``/``msf1``
+#: are the generic HEIF brands): see :func:`_sniff`.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 #: Leading bytes of supported formats: content that starts like one of these but cannot be
 #: parsed is ``corrupt_image`` rather than ``not_an_image``.
 _MAGIC = (
@@ -124,7 +130,8 @@ class ProcessedImage:
 
     ``width``/``height`` are the dimensions stored in the original file, as decoded and
     *before* the EXIF orientation is applied (a portrait photo stored landscape with
-    orientation 6 records its landscape width and height).
+    orientation 6 records its landscape width and height). HEIC/HEIF is the exception:
+    libheif applies the file's rotation while decoding, so it records the upright size.
     """
 
     image_id: str  # sha256 hex of the original bytes
@@ -280,6 +287,7 @@ def process_file(path: str, options: ImageOptions) -> ProcessedImage | Rejection
 def process_image_bytes(data: bytes, options: ImageOptions) -> ProcessedImage | Rejection:
     """Preprocess one encoded image; every problem with ``data`` is a :class:`Rejection`."""
     _require_strict_decoding()
+    _register_openers()
     image_id = hashlib.sha256(data).hexdigest()
     if not data:
         return Rejection(Reason.EMPTY_FILE, "file is empty (0 bytes); re-export it", image_id)
@@ -298,6 +306,16 @@ def _require_strict_decoding() -> None:
             "images would be silently padded instead of quarantined; find the import that "
             "sets it and remove it"
         )
+
+
+@functools.cache
+def _register_openers() -> None:
+    """Teach PIL to open HEIC/HEIF (pillow-heif), once per process, on its first decode.
+
+    Pillow decodes AVIF itself. pillow-heif's embedded thumbnails, depth and auxiliary
+    images are turned off: the pixels come from the primary image alone.
+    """
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 def _process(data: bytes, image_id: str, options: ImageOptions) -> ProcessedImage:
@@ -348,8 +366,10 @@ def _open(data: bytes) -> Image.Image:
 def _sniff(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
-    if data[4:12] in (b"ftypavif", b"ftypavis"):
+    if data[4:8] == b"ftyp" and data[8:12] in _AVIF_BRANDS:
         return "AVIF"
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIF"
     return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
 
 

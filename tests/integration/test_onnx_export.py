@@ -48,6 +48,9 @@ AWKWARD = {
     "trouser/cmyk.jpg",
     "trouser/palette.png",
     "shirt/good_b.jpg",  # 100 x 60
+    "shirt/phone.heic",
+    "trouser/camera.avif",
+    "trouser/rotated.heif",
 }
 
 

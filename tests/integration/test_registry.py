@@ -313,6 +313,7 @@ def test_register_promote_rollback(home: Path, lake_rows, checkpoints) -> None:
     model_dir = Path(fresh["module"]).parents[3]  # <model>/code/visionloop/registry/...
     requirements = (model_dir / "requirements.txt").read_text()
     assert "torch==" in requirements and "timm==" in requirements and "pillow==" in requirements
+    assert "pillow-heif==" in requirements  # the preprocessing opens HEIC with it
 
     # v3: untrained again -> rejected (worse than v2); aliases unchanged
     v3, _ = _register(tracking, settings, snapshot, checkpoints["untrained"], "weak")

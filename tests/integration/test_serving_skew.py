@@ -2,7 +2,7 @@
 the same probabilities, because both pass through the one ingest preprocessing.
 
 The lake is written by the real Spark job from the bad-input corpus (16-bit, RGBA, palette,
-CMYK, EXIF-rotated, animated, non-square, unicode names ...) plus sample photos stored
+CMYK, EXIF-rotated, animated, HEIC, AVIF, non-square, unicode names ...) plus sample photos stored
 rotated with an EXIF orientation tag, as a phone would store them; stored as PNG and as
 JPEG (a stored JPEG is decoded as it is, never encoded a second time).
 """
@@ -88,6 +88,7 @@ def test_raw_file_bytes_and_stored_lake_bytes_give_the_same_probabilities(
     assert rows.num_rows == report.written >= 15 + rotated
     kinds = set(zip(rows["mode"].to_pylist(), rows["source_format"].to_pylist(), strict=True))
     assert {("I;16", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("CMYK", "JPEG")} <= kinds
+    assert {("RGB", "HEIF"), ("RGB", "AVIF")} <= kinds  # decoded by Spark's workers too
 
     served = _model(tmp_path, settings)
     raw = [Path(uri).read_bytes() for uri in rows["source_uri"].to_pylist()]

@@ -6,11 +6,13 @@ import errno
 import hashlib
 import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, features
 
 from tests import corpus
 from tests.corpus import (
@@ -93,9 +95,13 @@ def test_extreme_aspect_ratio_still_gives_a_full_size_output() -> None:
     _pixels(_ok(_encode(Image.new("RGB", (3000, 1), (9, 9, 9)), "PNG")))
 
 
-def test_exif_orientation_rotates_the_image() -> None:
-    result = _ok(corpus.rotated_jpeg_bytes(60, 30))
-    assert (result.width, result.height) == (60, 30)  # as stored, before orientation
+@pytest.mark.parametrize(
+    ("fmt", "stored"), [("JPEG", (60, 30)), ("AVIF", (60, 30)), ("HEIF", (30, 60))]
+)
+def test_exif_orientation_rotates_the_image(fmt: str, stored: tuple[int, int]) -> None:
+    result = _ok(corpus.rotated_jpeg_bytes(60, 30, fmt))
+    # As stored, before orientation; libheif applies HEIF's rotation (irot) as it decodes.
+    assert (result.source_format, (result.width, result.height)) == (fmt, stored)
     pixels = _pixels(result)
     # Displayed portrait (16x32 in the box): black bars left and right, red top right.
     assert pixels[:, :6].max() < 20 and pixels[:, -6:].max() < 20
@@ -165,6 +171,42 @@ def test_one_bit_and_ycbcr_images_convert() -> None:
     ycbcr = Image.new("RGB", (16, 16), (10, 120, 240)).convert("YCbCr")
     centre = _pixels(_ok(_encode(ycbcr, "JPEG", quality=95))).mean(axis=(0, 1))
     assert np.abs(centre - (10, 120, 240)).max() < 12
+
+
+@pytest.mark.parametrize(
+    ("fmt", "encode"), [("HEIF", corpus.heic_bytes), ("AVIF", corpus.avif_bytes)]
+)
+def test_heic_and_avif_photos_decode_to_their_pixels(fmt: str, encode) -> None:
+    result = _ok(encode(14, 64, 48))
+    expected = _pixels(_ok(corpus.png_bytes(14, 64, 48)))  # the same photo, lossless
+    assert (result.source_format, result.width, result.height) == (fmt, 64, 48)
+    assert np.abs(_pixels(result) - expected).mean() < 6
+
+
+def test_pillow_decodes_avif_itself() -> None:
+    assert features.check("avif"), "this Pillow build lacks AVIF: reinstall the pinned wheel"
+
+
+def test_heif_opener_is_registered_by_the_first_decode_not_on_import(tmp_path: Path) -> None:
+    heic = tmp_path / "phone.heic"
+    heic.write_bytes(corpus.heic_bytes(14, 64, 48))
+    script = (
+        "import sys; from PIL import Image; import visionloop.preprocessing as p\n"
+        "print('HEIF' in Image.OPEN)\n"
+        "r = p.process_file(sys.argv[1], p.ImageOptions(size=16, image_format='PNG'))\n"
+        "print(r.source_format, 'HEIF' in Image.OPEN)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(heic)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "HEIF", "True"]
+
+
+def test_truncated_heic_is_corrupt_and_says_so() -> None:
+    data = corpus.heic_bytes(16, 64, 48)
+    for cut in (40, len(data) // 2, len(data) - 8):
+        rejection = _rejected(data[:cut], Reason.CORRUPT)
+        assert "HEIF" in rejection.detail and "re-export" in rejection.detail, rejection
 
 
 def test_reduced_scale_jpeg_decoding_matches_a_full_decode() -> None:

@@ -46,6 +46,7 @@ REQUIREMENTS = (
     "torchvision",
     "timm",
     "pillow",
+    "pillow-heif",
     "numpy",
     "pandas",
     "pyarrow",
