@@ -43,6 +43,7 @@ def check_drift(
         current_batches=batch_ids,
         reference_size=settings.drift.reference_size,
         seed=settings.drift.seed,
+        cache_dir=settings.drift_references_dir,
     )
     try:
         result, report = drift_report(sets.reference, sets.current, settings.drift)

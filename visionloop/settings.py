@@ -366,6 +366,11 @@ class Settings(BaseSettings):
         return self.data_home / "reports"
 
     @property
+    def drift_references_dir(self) -> Path:
+        """Each champion's drift reference frame, drawn once and read by later nights."""
+        return self.reports_dir / "drift" / "references"
+
+    @property
     def models_dir(self) -> Path:
         """Registered model versions fetched for batch scoring and the embedder."""
         return self.data_home / "models"

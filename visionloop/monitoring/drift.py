@@ -25,6 +25,7 @@ from visionloop.settings import DriftSettings
 
 STATISTICS = ("brightness", "contrast", "saturation", "width", "height")
 PREDICTED = "predicted_label"
+UNSCORED = "unscored"  # the predicted label of an image the model has not scored
 EMBEDDING = "embedding"
 METHODS = ("classifier", "mmd", "ratio")
 
@@ -52,7 +53,7 @@ def drift_frame(
 ) -> pd.DataFrame:
     """One row per image: embedding columns, predicted label, image statistics."""
     frame = pd.DataFrame(vectors, columns=embedding_columns(vectors.shape[1]))
-    frame[PREDICTED] = [label or "unscored" for label in predicted]
+    frame[PREDICTED] = [label or UNSCORED for label in predicted]
     for name in ("brightness", "contrast", "saturation"):
         frame[name] = statistics[name].to_numpy()
     for name in ("width", "height"):
