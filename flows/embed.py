@@ -57,6 +57,13 @@ def embed_stage(
 ) -> EmbedResult:
     """Embeddings, index and leakage on one snapshot, for flows that hold the resources."""
     embedded = embed_images(spark, settings, snapshot, tracking)
+    return index_and_check(settings, snapshot, embedded, batch_ids)
+
+
+def index_and_check(
+    settings: Settings, snapshot: LakeSnapshot, embedded: InferenceReport, batch_ids: list[str]
+) -> EmbedResult:
+    """The rest of the embed stage once the vectors are in: grow the index, check the batches."""
     index = update_index(settings, embedded.version)
     leakage = check_leakage(settings, snapshot, embedded.version, batch_ids) if batch_ids else None
     return EmbedResult(embedded, index, leakage)

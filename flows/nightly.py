@@ -1,7 +1,7 @@
 """Nightly flow: every stage of the loop, in order, on one Spark session and one snapshot.
 
 sync yesterday's labels → ingest what arrived → validate (a critical failure stops here) →
-embed → index → leakage → score with the current champion → drift → train/promote (unless
+embed → score with the current champion → index → leakage → drift → train/promote (unless
 nothing new) → score with tonight's champion → Feast → lake maintenance → the night's
 decision, in one table → hand the most useful images (drifted ones first) to annotators.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from visionloop.flows.embed import EmbedResult, embed_stage
+from visionloop.flows.embed import EmbedResult, index_and_check
 from visionloop.flows.ingest import IngestResult, ingest_batch
 from visionloop.flows.train import TrainResult, train_and_promote
 from visionloop.labelling.client import LabelStudio
@@ -24,7 +24,7 @@ from visionloop.monitoring.drift import DriftCheck
 from visionloop.parameters import NightlyParameters, TrainParameters
 from visionloop.settings import load_settings
 from visionloop.spark_jobs.infer_images import InferenceReport
-from visionloop.tasks.embed import refresh_feature_store
+from visionloop.tasks.embed import embed_images, refresh_feature_store
 from visionloop.tasks.labelling import (
     connect_label_studio,
     queue_for_annotation,
@@ -73,8 +73,11 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> NightlyResult:
     ingested = ingest_batch(spark, settings, params)
     batch_ids = ingested.batch_ids  # none on a night when nothing new arrived
     snapshot = snapshot_lake(settings)
-    embedded = embed_stage(spark, settings, snapshot, tracking, batch_ids)
-    score_images(spark, settings, snapshot, tracking)  # tonight's images, by the champion
+    vectors = embed_images(spark, settings, snapshot, tracking)
+    # The champion scores tonight's images on the Python workers that just embedded them:
+    # Spark stops a worker idle for a minute, and the leakage check can take longer.
+    score_images(spark, settings, snapshot, tracking)
+    embedded = index_and_check(settings, snapshot, vectors, batch_ids)
     version = embedded.embeddings.version
     drift = check_drift(settings, snapshot, tracking, version, batch_ids)
     trained, scored = None, None
