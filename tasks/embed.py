@@ -82,7 +82,7 @@ def check_leakage(
 
 @task(retries=2, retry_delay_seconds=10, cache_policy=NONE)
 def refresh_feature_store(settings: Settings) -> list[str]:
-    """``feast apply`` the definitions, then materialise new rows into the online store."""
+    """``feast apply`` the definitions, then push the partitions not yet written online."""
     store = features.feature_store(settings)
     features.apply(store, settings)
     return features.materialise(store, settings)
