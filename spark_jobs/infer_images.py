@@ -7,12 +7,19 @@ this embedder or model version, go through ``mapInArrow`` to the Python workers;
 loads the model once (and keeps it: Spark reuses Python workers) and writes its rows as
 Parquet itself; the rows are committed atomically as one batch of the table. So the job is
 incremental by (image, version), scales out with the cluster, and runs ``local[*]`` by
-default. Called in-process with the nightly's one Spark session.
+default. Called in-process with the nightly's one Spark session, or standalone::
+
+    spark-submit spark_jobs/infer_images.py embed|score [--config settings.yaml]
+
+(``embed``: the current embedder; ``score``: the champion, exit 2 when there is none).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +34,7 @@ from visionloop.lake import commit as lake
 from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.lake.versions import version_files, versioned_batch_id
 from visionloop.lake.writers import ParquetSink, write_through
-from visionloop.settings import Settings
+from visionloop.settings import Settings, load_settings
 
 WRITTEN_DDL = "path string, split string, rows long"
 ModelFn = Callable[[list[str], list[bytes]], pa.Table]
@@ -144,3 +151,36 @@ def run_inference(
         else:
             lake.discard(settings, batch_id)
     return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("job", choices=["embed", "score"], help="the embedder or the champion")
+    parser.add_argument("--config", type=Path, help="settings YAML file")
+    args = parser.parse_args(argv)
+    from visionloop.embeddings.embedder import current_embedder, embedding_job
+    from visionloop.lake.snapshot import take
+    from visionloop.registry.served_model import champion_scoring
+    from visionloop.registry.tracking import Tracking
+    from visionloop.spark import spark_session
+
+    settings = load_settings(args.config)
+    tracking = Tracking.connect(settings)
+    job: Inference | None = (
+        embedding_job(settings, current_embedder(settings, tracking))
+        if args.job == "embed"
+        else champion_scoring(settings, tracking)
+    )
+    if job is None:
+        print(
+            f"no champion of {tracking.model_name} yet: promote a model, then score",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    spark = spark_session(settings, f"visionloop-{args.job}")
+    report = run_inference(spark, settings, take(settings.lake_dir), job)
+    print(json.dumps(report.record(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -8,9 +8,8 @@ from prefect.cache_policies import NONE
 from pyspark.sql import SparkSession
 
 from visionloop.lake.snapshot import LakeSnapshot
-from visionloop.registry.scoring import ScoringJob
-from visionloop.registry.served_model import model_files
-from visionloop.registry.tracking import CHAMPION, Tracking
+from visionloop.registry.served_model import champion_scoring
+from visionloop.registry.tracking import Tracking
 from visionloop.settings import Settings
 from visionloop.spark_jobs.infer_images import InferenceReport, run_inference
 
@@ -21,23 +20,14 @@ def score_images(
 ) -> InferenceReport | None:
     """Predictions of the current champion for every snapshot image it has not scored;
     None when there is no champion yet."""
-    version = tracking.alias_version(CHAMPION)
-    if version is None:
+    job = champion_scoring(settings, tracking)
+    if job is None:
         get_run_logger().info("no champion yet: nothing scores the lake")
         return None
-    model_pt, temperature = model_files(tracking.download_model(version, settings.models_dir))
-    job = ScoringJob(
-        str(model_pt),
-        temperature,
-        tracking.model_name,
-        version,
-        settings.embeddings.batch_size,
-        settings.embeddings.threads_per_task,
-    )
     report = run_inference(spark, settings, snapshot, job)
     create_table_artifact(
         key="scoring",
         table=[{"measure": key, "value": str(value)} for key, value in report.record().items()],
-        description=f"Predictions of {tracking.model_name} v{version}",
+        description=f"Predictions of {job.model_name} v{job.model_version}",
     )
     return report

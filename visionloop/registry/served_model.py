@@ -29,7 +29,9 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from visionloop.registry.tracking import CHALLENGER, Tracking
+from visionloop.registry.scoring import ScoringJob
+from visionloop.registry.tracking import CHALLENGER, CHAMPION, Tracking
+from visionloop.settings import Settings
 from visionloop.training.calibration import CalibrationReport
 from visionloop.training.classifier import ImageClassifier
 from visionloop.training.evaluate import EvalReport
@@ -216,6 +218,22 @@ class RegisteredVersion:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "model_uri": self.model_uri}
+
+
+def champion_scoring(settings: Settings, tracking: Tracking) -> ScoringJob | None:
+    """The scoring job of the current champion, its files fetched; None without one."""
+    version = tracking.alias_version(CHAMPION)
+    if version is None:
+        return None
+    model_pt, temperature = model_files(tracking.download_model(version, settings.models_dir))
+    return ScoringJob(
+        str(model_pt),
+        temperature,
+        tracking.model_name,
+        version,
+        settings.embeddings.batch_size,
+        settings.embeddings.threads_per_task,
+    )
 
 
 def log_and_register(
