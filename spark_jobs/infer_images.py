@@ -35,6 +35,7 @@ from visionloop.lake.snapshot import LakeSnapshot
 from visionloop.lake.versions import version_files, versioned_batch_id
 from visionloop.lake.writers import ParquetSink, write_through
 from visionloop.settings import Settings, load_settings
+from visionloop.spark import parallelism, spark_session
 
 WRITTEN_DDL = "path string, split string, rows long"
 ModelFn = Callable[[list[str], list[bytes]], pa.Table]
@@ -143,7 +144,7 @@ def run_inference(
             directory=staging.table(inference.table),
             rows=settings.parquet_row_group_rows,
         )
-        partitions = settings.spark_partitions or 2 * spark.sparkContext.defaultParallelism
+        partitions = settings.spark_partitions or 2 * parallelism(spark)
         written = todo.repartition(partitions).mapInArrow(body, WRITTEN_DDL).collect()
         report = replace(report, written=sum(row["rows"] for row in written))
         if report.written:
@@ -162,7 +163,6 @@ def main(argv: list[str] | None = None) -> None:
     from visionloop.lake.snapshot import take
     from visionloop.registry.served_model import champion_scoring
     from visionloop.registry.tracking import Tracking
-    from visionloop.spark import spark_session
 
     settings = load_settings(args.config)
     tracking = Tracking.connect(settings)

@@ -48,6 +48,7 @@ from visionloop.lake.snapshot import IMAGES, LABEL_EVENTS, list_table
 from visionloop.lake.writers import MappedSink, ParquetSink, TFRecordSink, write_through
 from visionloop.preprocessing import ImageOptions, ProcessedImage, image_options, process_file
 from visionloop.settings import Settings, SplitFractions, load_settings
+from visionloop.spark import parallelism, spark_session
 
 PROCESSED_SCHEMA = pa.schema(
     [
@@ -219,7 +220,7 @@ def list_batch(settings: Settings, sources: list[LandingSource], staging: lake.B
 def preprocess(spark: SparkSession, settings: Settings, staging: lake.BatchStaging) -> DataFrame:
     """Process every listed file in the workers; returns the narrow per-file results."""
     listing = spark.read.parquet(str(staging.listing))
-    partitions = settings.spark_partitions or 4 * spark.sparkContext.defaultParallelism
+    partitions = settings.spark_partitions or 4 * parallelism(spark)
     body = functools.partial(
         process_partition,
         options=image_options(settings),
@@ -471,7 +472,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layout", default="auto", help="auto|imagefolder|manifest|unlabelled")
     parser.add_argument("--config", type=Path, help="settings YAML file")
     args = parser.parse_args(argv)
-    from visionloop.spark import spark_session
 
     settings = load_settings(args.config)
     sources = [LandingSource(path=path, layout=args.layout) for path in args.source]

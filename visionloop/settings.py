@@ -277,6 +277,14 @@ class Settings(BaseSettings):
     data_home: Path = Path(".visionloop")
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
+    spark_driver_host: str | None = Field(
+        None,
+        description="the address executors reach the driver at (local masters: 127.0.0.1)",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="more Spark properties for the session, e.g. spark.executor.memory",
+    )
     spark_partitions: int | None = Field(
         None, ge=1, description="partitions of a landing batch; default 4 x default parallelism"
     )

@@ -1,11 +1,18 @@
-"""The one place a Spark session is built from settings."""
+"""The one place a Spark session is built from settings.
+
+``spark_master`` names where the jobs run: ``local[*]`` (a JVM started with the session), a
+cluster manager (``spark://host:7077``, ``yarn``, ``k8s://…``), or a long-lived Spark Connect
+server (``sc://host:15002``) whose JVM and Python workers outlive each night's flow.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.parse
 
 from pyspark.sql import SparkSession
 
@@ -33,6 +40,8 @@ def check_java() -> None:
 
 def spark_session(settings: Settings, app_name: str = "visionloop") -> SparkSession:
     """A session on ``settings.spark_master``; local sessions bind to 127.0.0.1 only."""
+    if settings.spark_master.startswith("sc://"):
+        return _connect(settings.spark_master)
     check_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
@@ -45,13 +54,44 @@ def spark_session(settings: Settings, app_name: str = "visionloop") -> SparkSess
         .config("spark.python.worker.reuse", "true")
         .config("spark.ui.showConsoleProgress", "false")
     )
-    if settings.spark_master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        builder = (
-            builder.config("spark.driver.host", "127.0.0.1")
-            .config("spark.driver.bindAddress", "127.0.0.1")
-            .config("spark.ui.enabled", "false")
-        )
+    for key, value in settings.spark_conf.items():
+        builder = builder.config(key, value)
+    local = settings.spark_master.startswith("local")
+    host = settings.spark_driver_host or ("127.0.0.1" if local else None)
+    if host:
+        os.environ.setdefault("SPARK_LOCAL_IP", host)
+        builder = builder.config("spark.driver.host", host).config("spark.driver.bindAddress", host)
+    if local:
+        builder = builder.config("spark.ui.enabled", "false")
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+def _connect(url: str) -> SparkSession:
+    """A session on a running Spark Connect server; its settings are the server's.
+
+    The client retries an unreachable server for minutes, so the address is tried first.
+    """
+    address = urllib.parse.urlsplit(url.replace("sc://", "http://", 1))
+    try:
+        socket.create_connection((address.hostname, address.port or 15002), timeout=5).close()
+    except OSError as error:
+        raise SparkUnavailableError(
+            f"no Spark Connect server answers at {url} ({error.strerror or error}); start one "
+            "(pyspark's sbin/start-connect-server.sh) or set spark_master to local[*]"
+        ) from error
+    return SparkSession.builder.remote(url).getOrCreate()
+
+
+def parallelism(spark: SparkSession) -> int:
+    """Tasks the session runs at once: the cluster's cores (``spark.default.parallelism``
+    on a Connect server, where the client cannot ask; else this machine's cores)."""
+    if not is_remote(spark):
+        return spark.sparkContext.defaultParallelism
+    configured = spark.conf.get("spark.default.parallelism", None)
+    return int(configured) if configured else os.cpu_count() or 1
+
+
+def is_remote(spark: SparkSession) -> bool:
+    return type(spark).__module__.startswith("pyspark.sql.connect")
