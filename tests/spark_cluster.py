@@ -64,7 +64,7 @@ def _json(ui: str) -> dict:
 def _alive_workers(ui: str) -> int:
     try:
         return sum(worker["state"] == "ALIVE" for worker in _json(ui)["workers"])
-    except OSError:
+    except (OSError, ValueError):  # not listening yet, or an empty page while it starts
         return 0
 
 
