@@ -58,9 +58,11 @@ TINY_TRAINING = {
 
 
 class PeakRss:
-    """Peak RSS (bytes) of this process, its JVM, its Python workers and other children."""
+    """Peak RSS (bytes) of this process, its JVM, its Python workers and other children, and
+    of the driver's anonymous memory alone (``driver_anon``: RSS less file-backed pages, such
+    as the memory-mapped index shards, which the kernel can drop and re-read)."""
 
-    KINDS = ("driver", "jvm", "workers", "other")
+    KINDS = ("driver", "driver_anon", "jvm", "workers", "other")
 
     def __init__(self) -> None:
         self.peak = dict.fromkeys((*self.KINDS, "total"), 0)
@@ -84,7 +86,8 @@ class PeakRss:
 
     def _sample(self, me: psutil.Process) -> None:
         now = dict.fromkeys(self.KINDS, 0)
-        now["driver"] = me.memory_info().rss
+        driver = me.memory_info()
+        now["driver"], now["driver_anon"] = driver.rss, driver.rss - driver.shared
         for child in me.children(recursive=True):
             try:
                 now[self._kind(child)] += child.memory_info().rss
