@@ -299,6 +299,11 @@ class Settings(BaseSettings):
     lake_lock_timeout_s: float = Field(
         3600, ge=0, description="how long a batch waits while another batch writes the lake"
     )
+    lake_lock: Literal["file", "prefect"] = Field(
+        "file",
+        description="the lake writer lock: a flock (one machine) or a Prefect global "
+        "concurrency limit on the Prefect server (writers on several machines)",
+    )
     tfrecord_shard_rows: int = Field(5000, ge=1)
     split: SplitFractions = SplitFractions()
     quality: QualityThresholds = QualityThresholds()

@@ -10,6 +10,7 @@ never see a partial batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -76,11 +77,26 @@ def writer(settings: Settings, holder: str) -> Iterator[None]:
 
     Batches written at the same time would each miss the other's rows when deduplicating,
     and one's start-up recovery would discard the other's staging folder. A second writer
-    waits up to ``lake_lock_timeout_s``, then fails naming the holder.
+    waits up to ``lake_lock_timeout_s``, then fails naming the holder. ``lake_lock: file``
+    is a flock on the lake (writers on one machine); ``prefect`` a global concurrency limit
+    of the lake on the Prefect server (writers on any machine).
     """
+    if settings.lake_lock == "prefect":
+        from visionloop import shared_lock  # imports Prefect's client
+
+        name = writer_limit(settings)
+        with shared_lock.exclusive(name, holder, timeout_s=settings.lake_lock_timeout_s):
+            yield
+        return
     path = settings.lake_dir / ".writer.lock"
     with locks.exclusive(path, holder, timeout_s=settings.lake_lock_timeout_s):
         yield
+
+
+def writer_limit(settings: Settings) -> str:
+    """The Prefect concurrency limit of this lake's writer (one per lake on a server)."""
+    key = hashlib.sha256(str(settings.lake_dir).encode()).hexdigest()[:12]
+    return f"visionloop-lake-writer-{key}"
 
 
 def table_dir(settings: Settings, name: str) -> Path:
