@@ -60,6 +60,32 @@ def test_a_task_names_jpeg_bytes_as_jpeg_and_carries_the_prediction() -> None:
     assert prediction["result"][0]["value"]["choices"] == ["bag"]
 
 
+def test_a_task_is_titled_with_its_file_batch_and_the_models_guess() -> None:
+    guessed = Selected("abc", b"png", None, "bag", 0.834, "file:///in/bag/shirt%201.png", "b7")
+    cold = Selected("def", b"png", None, None, None, "s3://bucket/night/x.jpg", "b8")
+    assert task(guessed, "visionloop", "3")["data"] | {"image": ""} == {
+        "image": "",
+        "image_id": "abc",
+        "file_name": "shirt 1.png",
+        "batch_id": "b7",
+        "model_guess": "bag (p = 0.83)",
+    }
+    data = task(cold, "visionloop", None)["data"]
+    assert (data["file_name"], data["batch_id"], data["model_guess"]) == (
+        "x.jpg",
+        "b8",
+        "no model yet",
+    )
+    # Every key the config shows is in every task's data.
+    shown = {
+        name[1:].rstrip(",")
+        for header in ElementTree.fromstring(labelling_config(["bag"], True)).iter("Header")
+        for name in header.get("value").split()
+        if name.startswith("$")
+    }
+    assert shown == {"file_name", "batch_id", "model_guess", "image_id"} <= set(data)
+
+
 def test_classes_the_data_team_adds_join_the_models_choices_in_order() -> None:
     model = ["t-shirt", "trouser"]
     assert choices(model, None) == model

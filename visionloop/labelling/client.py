@@ -24,7 +24,8 @@ VIEW_TITLE = "Most uncertain first"
 
 
 def labelling_config(classes: Sequence[str], overlay: bool) -> str:
-    """The image, its Grad-CAM overlay, and one choice per class (single choice).
+    """A title (the source file's name; the batch, the model's guess and the image id), the
+    image, its Grad-CAM overlay, and one choice per class (single choice).
 
     Class names come from landing folder names: each is XML-escaped (``a&b``, ``<b>``,
     quotes), so Label Studio shows and returns it exactly.
@@ -32,7 +33,8 @@ def labelling_config(classes: Sequence[str], overlay: bool) -> str:
     choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in classes)
     second = f'\n    <Image name="{OVERLAY}" value="${OVERLAY}"/>' if overlay else ""
     return f"""<View>
-  <Header value="$image_id" size="6"/>
+  <Header value="$file_name" size="4"/>
+  <Header value="batch $batch_id · model's guess: $model_guess · id $image_id" size="6"/>
   <View style="display: flex; gap: 8px">
     <Image name="{IMAGE}" value="${IMAGE}" zoom="true"/>{second}
   </View>

@@ -1,8 +1,9 @@
 """Handing selected images to annotators: image files, tasks, the outbox, idempotent imports.
 
 Each selected image is written (with its Grad-CAM overlay) under the local-files root, and
-its task — the image, the overlay, its ``image_id``, and the champion's prediction as a
-pre-selected choice with ``model_version`` and ``score`` — joins the **outbox**, a file
+its task — the image, the overlay, its ``image_id`` with a readable title (source file name,
+batch, the model's guess), and the champion's prediction as a pre-selected choice with
+``model_version`` and ``score`` — joins the **outbox**, a file
 under the data home. :func:`send` imports the outbox: it asks Label Studio which images
 already have a task (Label Studio does not deduplicate imports), imports only the others,
 and keeps whatever could not be sent for the next run. Open tasks an earlier champion handed
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -55,6 +57,8 @@ class Selected:
     overlay: bytes | None
     predicted: str | None
     confidence: float | None
+    source_uri: str | None = None  # where the original file came from
+    batch_id: str | None = None  # the ingest batch that brought it
 
 
 def write_files(root: Path, folder: str, chosen: Sequence[Selected], model_version: str) -> None:
@@ -95,9 +99,32 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
+def file_name(source_uri: str | None) -> str:
+    """The last part of a source URI (``file:///in/shirt%201.png`` -> ``shirt 1.png``)."""
+    if not source_uri:
+        return "-"
+    path = unquote(urlsplit(source_uri).path or source_uri)
+    return path.rstrip("/").rsplit("/", 1)[-1] or source_uri
+
+
+def title(item: Selected) -> dict[str, str]:
+    """What an annotator can use beside the 64-character id: the source file's name, the
+    batch and the model's guess with its probability. Every task has every key (the
+    labelling config names them; Label Studio rejects tasks that lack one)."""
+    guess = "no model yet"
+    if item.predicted is not None:
+        guess = f"{item.predicted} (p = {item.confidence or 0.0:.2f})"
+    return {
+        "file_name": file_name(item.source_uri),
+        "batch_id": item.batch_id or "-",
+        "model_guess": guess,
+    }
+
+
 def task(item: Selected, folder: str, model_version: str | None) -> dict[str, Any]:
     """The Label Studio task of one image (with the model's guess pre-selected, if any)."""
     data = {"image": f"{LOCAL_FILES}{folder}/{_image_path(item)}", "image_id": item.image_id}
+    data |= title(item)
     if item.overlay is not None:
         data["overlay"] = f"{LOCAL_FILES}{folder}/{_overlay_path(item, model_version)}"
     entry: dict[str, Any] = {"data": data}
@@ -422,7 +449,7 @@ def _described(
     """``image_ids`` with their stored bytes, the model's guess and its Grad-CAM overlay."""
     if not image_ids:
         return []  # without reading the images table
-    stored = snapshot.lookup(image_ids, ["image"])
+    stored = snapshot.lookup(image_ids, ["image", "source_uri", "batch_id"])
     pictures = [stored[image_id]["image"] for image_id in image_ids]
     heat = overlays(classifier, pictures) if classifier and overlay else []
     described = []
@@ -432,7 +459,17 @@ def _described(
             guess = np.asarray(probabilities[image_id])
             predicted = classifier.labels[int(guess.argmax())]
             confidence = float(guess.max())
+        row = stored[image_id]
+        overlay = heat[number] if heat else None
         described.append(
-            Selected(image_id, picture, heat[number] if heat else None, predicted, confidence)
+            Selected(
+                image_id,
+                picture,
+                overlay,
+                predicted,
+                confidence,
+                row["source_uri"],
+                row["batch_id"],
+            )
         )
     return described
