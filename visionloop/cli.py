@@ -247,6 +247,16 @@ def train(
     typer.echo("\n".join(_training_lines(settings, _run(lambda: train_flow(params)))))
 
 
+@app.command("train-join")
+def train_join(
+    run_dir: Annotated[Path, typer.Argument(help="the run directory, as this node sees it")],
+) -> None:
+    """Join a multi-node training run from this node (its settings are the run's own)."""
+    from visionloop.training.launch import join_training
+
+    _run(lambda: join_training(run_dir))
+
+
 @app.command()
 def promote(
     version: Annotated[
@@ -296,8 +306,9 @@ def label_studio(config: ConfigOption = None) -> None:
 
     server = _run(lambda: start(settings))
     typer.echo(
-        f"Label Studio: {server.url} (log in as {settings.labelling.admin_email}; the password "
-        f"and API token are in {settings.secrets_dir / 'label-studio-token'}). Ctrl-C stops it."
+        f"Label Studio: {server.url} (log in as {settings.labelling.admin_email}; unless set in "
+        f"the settings the password is in {settings.secrets_dir / 'label-studio-password'}, the "
+        f"API token in {settings.secrets_dir / 'label-studio-token'}). Ctrl-C stops it."
     )
     try:
         server.process.wait()

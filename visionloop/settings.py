@@ -10,9 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    GetCoreSchemaHandler,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import core_schema
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,9 +31,78 @@ from pydantic_settings import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_ENV_VAR = "VISIONLOOP_CONFIG"
+ENV_PREFIX = "VISIONLOOP_"
 
 
 Layout = Literal["auto", "imagefolder", "manifest", "unlabelled"]
+
+
+class Secret:
+    """A secret setting, given as its value or as ``{env: NAME}`` (read from ``$NAME``).
+
+    It is shown and saved only as ``{env: NAME}``: the variable it was read from, else the
+    ``VISIONLOOP_…`` variable that sets it. A saved settings file therefore holds no secret,
+    and re-loads wherever the environment supplies it (:meth:`Settings.secret_environment`).
+    """
+
+    def __init__(self, value: str, env: str | None = None) -> None:
+        self._value, self.env = value, env
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(env={self.env!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and (self._value, self.env) == (other._value, other.env)
+
+    def __hash__(self) -> int:
+        return hash((self._value, self.env))
+
+    @classmethod
+    def parse(cls, value: Any) -> Secret:
+        if isinstance(value, Secret):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str):
+            name = value["env"]
+            if name not in os.environ:
+                raise ValueError(
+                    f"the secret is read from the environment variable {name}, which is unset; "
+                    f"set {name} (saved settings name their secrets, never hold them)"
+                )
+            return cls(os.environ[name], name)
+        raise ValueError("a secret is a string or {env: VARIABLE_NAME}")
+
+    def reference(self) -> dict[str, str | None]:
+        return {"env": self.env}
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls.parse,
+            serialization=core_schema.plain_serializer_function_ser_schema(cls.reference),
+        )
+
+
+def split_password(uri: str) -> tuple[str, str | None]:
+    """``uri`` without the password of its ``user:password@``, and that password."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}")), parts.password
+
+
+def with_password(uri: str, password: str) -> str:
+    parts = urlsplit(uri)
+    userinfo, host = parts.netloc.rsplit("@", 1) if "@" in parts.netloc else ("", parts.netloc)
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:{password}@{host}"))
 
 
 class LandingSource(BaseModel):
@@ -107,6 +185,37 @@ class QualityThresholds(BaseModel):
     split_tolerance: float = Field(0.05, ge=0, le=1)
 
 
+class DistributedSettings(BaseModel):
+    """Multi-node training: every node's ``torchrun`` agent joins one c10d rendezvous.
+
+    With ``nnodes`` 1 a run is ``torchrun --standalone``. With more, the launching node's
+    agent hosts the rendezvous at ``rdzv_endpoint`` and every other node runs
+    ``visionloop train-join <run dir>`` (the run directory on storage all nodes share).
+    """
+
+    nnodes: int = Field(1, ge=1, description="nodes of a run, each with nproc_per_node ranks")
+    rdzv_endpoint: str | None = Field(
+        None, description="host:port of the launching node's rendezvous (needed when nnodes > 1)"
+    )
+    rdzv_id: str | None = Field(None, description="default: the run directory's name")
+    local_addr: str | None = Field(
+        None, description="this node's address as the others reach it (default: its hostname)"
+    )
+    join_timeout_s: int = Field(600, ge=1, description="how long the agents wait for all nodes")
+    max_restarts: int = Field(
+        3, ge=0, description="times the agents restart the ranks after a node fails or leaves"
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_when_multinode(self) -> DistributedSettings:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(
+                f"training.distributed.nnodes is {self.nnodes} but rdzv_endpoint is unset; set "
+                "VISIONLOOP_TRAINING__DISTRIBUTED__RDZV_ENDPOINT=<launching node>:<free port>"
+            )
+        return self
+
+
 class TrainingSettings(BaseModel):
     """How models are fine-tuned (see ``visionloop.training``)."""
 
@@ -122,6 +231,7 @@ class TrainingSettings(BaseModel):
     early_stopping_patience: int = Field(3, ge=1)
     num_workers: int = Field(1, ge=0)
     nproc_per_node: int = Field(1, ge=1)
+    distributed: DistributedSettings = DistributedSettings()
     rand_augment: str | None = "rand-m6-n2-mstd0.5"
     mixup: float = Field(0.0, ge=0)
     cutmix: float = Field(0.0, ge=0)
@@ -222,8 +332,12 @@ class LabellingSettings(BaseModel):
         None,
         description="an existing Label Studio; unset: the local one (visionloop label-studio)",
     )
-    token: SecretStr | None = Field(
+    token: Secret | None = Field(
         None, description="its API token; unset: <data_home>/secrets/label-studio-token"
+    )
+    admin_password: Secret | None = Field(
+        None,
+        description="the local admin's password; unset: <data_home>/secrets/label-studio-password",
     )
     port: int = Field(8080, ge=1, le=65535, description="of the local Label Studio")
     admin_email: str = "admin@visionloop.local"
@@ -258,7 +372,7 @@ class LabellingSettings(BaseModel):
 class AlertSettings(BaseModel):
     """Where alerts go: ``visionloop deploy`` creates the Prefect automations that post them."""
 
-    webhook_url: SecretStr | None = Field(
+    webhook_url: Secret | None = Field(
         None,
         description='a Slack-compatible incoming webhook (POST {"text": ...}); unset: no alerts',
     )
@@ -268,7 +382,7 @@ class Settings(BaseSettings):
     """Everything visionloop can be configured with, in one place."""
 
     model_config = SettingsConfigDict(
-        env_prefix="VISIONLOOP_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
@@ -277,14 +391,6 @@ class Settings(BaseSettings):
     data_home: Path = Path(".visionloop")
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
-    spark_driver_host: str | None = Field(
-        None,
-        description="the address executors reach the driver at (local masters: 127.0.0.1)",
-    )
-    spark_conf: dict[str, str] = Field(
-        default_factory=dict,
-        description="more Spark properties for the session, e.g. spark.executor.memory",
-    )
     spark_partitions: int | None = Field(
         None, ge=1, description="partitions of a landing batch; default 4 x default parallelism"
     )
@@ -299,11 +405,6 @@ class Settings(BaseSettings):
     lake_lock_timeout_s: float = Field(
         3600, ge=0, description="how long a batch waits while another batch writes the lake"
     )
-    lake_lock: Literal["file", "prefect"] = Field(
-        "file",
-        description="the lake writer lock: a flock (one machine) or a Prefect global "
-        "concurrency limit on the Prefect server (writers on several machines)",
-    )
     tfrecord_shard_rows: int = Field(5000, ge=1)
     split: SplitFractions = SplitFractions()
     quality: QualityThresholds = QualityThresholds()
@@ -315,7 +416,10 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     nightly_cron: str = "0 2 * * *"
     mlflow_tracking_uri: str | None = Field(
-        None, description="default: sqlite:///<data_home>/mlflow.db"
+        None, description="default: sqlite:///<data_home>/mlflow.db; a password in it is moved out"
+    )
+    mlflow_tracking_password: Secret | None = Field(
+        None, description="of the tracking URI's user (http basic auth)"
     )
     registered_model_name: str = "visionloop-classifier"
     training: TrainingSettings = TrainingSettings()
@@ -332,6 +436,48 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_out_of_uri(cls, data: Any) -> Any:
+        """``https://user:password@host`` keeps ``user@host``; the password becomes a secret."""
+        uri = data.get("mlflow_tracking_uri") if isinstance(data, dict) else None
+        if isinstance(uri, str):
+            uri, password = split_password(uri)
+            if password is not None:
+                return data | {"mlflow_tracking_uri": uri, "mlflow_tracking_password": password}
+        return data
+
+    @model_validator(mode="after")
+    def _name_secret_variables(self) -> Settings:
+        """A secret given as a value is referenced by the variable that sets it."""
+        for path, secret in self.secrets():
+            if secret.env is None:
+                secret.env = ENV_PREFIX + "__".join(path).upper()
+        return self
+
+    @field_serializer("mlflow_tracking_uri")
+    def _uri_without_password(self, uri: str | None) -> str | None:
+        return None if uri is None else split_password(uri)[0]
+
+    def secrets(self) -> list[tuple[tuple[str, ...], Secret]]:
+        """Every secret that is set, with its field path."""
+        found: list[tuple[tuple[str, ...], Secret]] = []
+
+        def walk(model: BaseModel, path: tuple[str, ...]) -> None:
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, Secret):
+                    found.append(((*path, name), value))
+                elif isinstance(value, BaseModel):
+                    walk(value, (*path, name))
+
+        walk(self, ())
+        return found
+
+    def secret_environment(self) -> dict[str, str]:
+        """The variables a process given the saved settings needs for their secrets."""
+        return {secret.env: secret.get_secret_value() for _, secret in self.secrets() if secret.env}
 
     @classmethod
     def settings_customise_sources(
@@ -415,13 +561,18 @@ class Settings(BaseSettings):
 
     @property
     def resolved_mlflow_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.data_home / 'mlflow.db'}"
+        """The tracking URI clients use, with its password (never logged: see ``redact``)."""
+        uri = self.mlflow_tracking_uri or f"sqlite:///{self.data_home / 'mlflow.db'}"
+        password = self.mlflow_tracking_password
+        return uri if password is None else with_password(uri, password.get_secret_value())
 
     def to_yaml(self) -> str:
+        """The settings as YAML, each secret as ``{env: NAME}`` (printed and saved as such)."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
     def save(self, directory: Path) -> Path:
-        """Write the resolved settings beside a run's outputs; returns the file."""
+        """Write the resolved settings beside a run's outputs, secrets as references;
+        returns the file."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "settings.yaml"
         path.write_text(self.to_yaml())

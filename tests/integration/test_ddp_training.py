@@ -118,9 +118,11 @@ def _wait_until_gone(value: str, timeout: float = 30.0) -> None:
 
 
 def test_torchrun_command_is_standalone_and_module_based(tmp_path: Path) -> None:
-    command = build_torchrun_command(tmp_path / "s.yaml", tmp_path / "out", 3, "abc")
+    training = Settings(data_home=tmp_path).training.model_copy(update={"nproc_per_node": 3})
+    command = build_torchrun_command(tmp_path / "s.yaml", tmp_path / "out", training, "abc")
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
-    assert "--standalone" in command and "--nproc_per_node=3" in command
+    assert "--standalone" in command and "--nproc-per-node=3" in command
+    assert not any(part.startswith("--rdzv") for part in command)
     assert command[command.index("-m", 3) + 1] == "visionloop.training.train"
     assert command[-2:] == ["--mlflow-run-id", "abc"]
 
@@ -161,9 +163,9 @@ def test_a_killed_run_resumes_from_its_checkpoint(
 ) -> None:
     out = tmp_path / "run"
     paths = RunPaths(out)
-    command = build_torchrun_command(settings.save(out), out, 2)
+    command = build_torchrun_command(settings.save(out), out, settings.training)
     pin_snapshot(out, take(settings.lake_dir))
-    env = training_env(settings, 2) | {MARKER: str(out)}
+    env = training_env(settings) | {MARKER: str(out)}
     with (tmp_path / "first.log").open("w") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -42,7 +42,12 @@ from visionloop.flows.score import score
 from visionloop.ingest.landing import LandingSource
 from visionloop.labelling.client import VIEW_TITLE, LabelStudio, choice_result
 from visionloop.labelling.handoff import HandoffResult, Outbox, send
-from visionloop.labelling.server import LabelStudioUnavailableError, start, token
+from visionloop.labelling.server import (
+    LabelStudioUnavailableError,
+    admin_password,
+    start,
+    token,
+)
 from visionloop.labelling.sync import read_cursor, run_sync
 from visionloop.lake import label_map
 from visionloop.parameters import (
@@ -341,7 +346,7 @@ def test_an_annotator_sees_image_overlay_and_model_choice_in_a_list_sorted_by_sc
     with driven() as browser:
         browser.get(f"{client.url}/user/login/")
         browser.find_element(By.NAME, "email").send_keys(settings.labelling.admin_email)
-        browser.find_element(By.NAME, "password").send_keys(token(settings))
+        browser.find_element(By.NAME, "password").send_keys(admin_password(settings))
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         wait_for(browser, "return !location.pathname.startsWith('/user/login')")
 

@@ -6,7 +6,8 @@ local-files serving rooted at ``<data_home>/labelling/files``, no analytics, ver
 or error reports leaving the machine, and waits on ``/health`` (the first start runs its
 migrations: two to three minutes here). The token comes from ``labelling.token``
 (``VISIONLOOP_LABELLING__TOKEN``) or a secrets file under the data home, made on first use
-with mode 0600; it is never logged and never part of the repository.
+with mode 0600; the admin's password likewise from ``labelling.admin_password`` or a secrets
+file of its own. Neither is logged, saved with settings or part of the repository.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionloop.settings import REPO_ROOT, Settings
+from visionloop.settings import REPO_ROOT, Secret, Settings
 
 VENV = REPO_ROOT / ".venv-label-studio"
 START_TIMEOUT_S = 420
@@ -36,9 +37,18 @@ class LabelStudioUnavailableError(RuntimeError):
 
 def token(settings: Settings) -> str:
     """The API token: from settings, else the secrets file (created on first use)."""
-    if settings.labelling.token is not None:
-        return settings.labelling.token.get_secret_value()
-    path = settings.secrets_dir / "label-studio-token"
+    return _secret(settings.labelling.token, settings.secrets_dir / "label-studio-token")
+
+
+def admin_password(settings: Settings) -> str:
+    """The local admin's password, a secret of its own (never the API token)."""
+    path = settings.secrets_dir / "label-studio-password"
+    return _secret(settings.labelling.admin_password, path)
+
+
+def _secret(configured: Secret | None, path: Path) -> str:
+    if configured is not None:
+        return configured.get_secret_value()
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         descriptor = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
@@ -79,7 +89,7 @@ def server_environment(settings: Settings) -> dict[str, str]:
     return environment | {
         "LABEL_STUDIO_BASE_DATA_DIR": str(data),
         "LABEL_STUDIO_USERNAME": settings.labelling.admin_email,
-        "LABEL_STUDIO_PASSWORD": token(settings),
+        "LABEL_STUDIO_PASSWORD": admin_password(settings),
         "LABEL_STUDIO_USER_TOKEN": token(settings),
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",

@@ -24,6 +24,11 @@ class RunPaths:
         return self.root / "snapshot.json"
 
     @property
+    def launch(self) -> Path:
+        """The MLflow run the ranks log to, for the nodes that join a multi-node run."""
+        return self.root / "launch.json"
+
+    @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoint-last.pt"
 

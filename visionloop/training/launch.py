@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from visionloop.lake.snapshot import LakeSnapshot
-from visionloop.settings import Settings
+from visionloop.settings import Settings, SettingsError, TrainingSettings, load_settings
+from visionloop.training import checkpoint as ckpt
 from visionloop.training.config import RunPaths
 
 TAIL_LINES = 30
@@ -71,14 +72,34 @@ class TrainingOutcome:
 
 
 def build_torchrun_command(
-    settings_path: Path, output_dir: Path, nproc: int, mlflow_run_id: str | None = None
+    settings_path: Path,
+    output_dir: Path,
+    training: TrainingSettings,
+    mlflow_run_id: str | None = None,
 ) -> list[str]:
+    """The one ``torchrun`` command: ``--standalone`` on one node, else the c10d rendezvous
+    that every node's agent of the run joins (the same command on each node)."""
+    distributed = training.distributed
     command = [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",  # a free rendezvous port on localhost: reruns never collide
-        f"--nproc_per_node={nproc}",
+        f"--nproc-per-node={training.nproc_per_node}",
+    ]
+    if distributed.nnodes == 1:
+        command.append("--standalone")  # a free rendezvous port on localhost: reruns never collide
+    else:
+        command += [
+            f"--nnodes={distributed.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={distributed.rdzv_endpoint}",
+            f"--rdzv-id={distributed.rdzv_id or output_dir.name}",
+            f"--rdzv-conf=join_timeout={distributed.join_timeout_s}",
+            f"--max-restarts={distributed.max_restarts}",
+        ]
+        if distributed.local_addr:
+            command.append(f"--local-addr={distributed.local_addr}")
+    command += [
         "-m",
         "visionloop.training.train",
         "--settings",
@@ -91,12 +112,20 @@ def build_torchrun_command(
     return command
 
 
-def training_env(settings: Settings, nproc: int) -> dict[str, str]:
-    """The ranks' environment: the settings' tracking store wins over an inherited one."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", MLFLOW_TRACKING_URI=settings.resolved_mlflow_uri)
+def training_env(settings: Settings) -> dict[str, str]:
+    """The ranks' environment: the saved settings' secrets, and the settings' tracking store
+    wins over an inherited one."""
+    env = os.environ | settings.secret_environment()
+    env |= {"PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri}
     if not torch.cuda.is_available():
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // nproc))
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // settings.training.nproc_per_node))
+    if settings.training.distributed.nnodes > 1:
+        # A node that replaces a lost one joins a later rendezvous round, where rank 0's
+        # agent reuses the shared store's address from round 0 and never publishes it again:
+        # the newcomer times out waiting for MASTER_ADDR (pytorch/pytorch#147064). Unshared,
+        # every round's rank 0 publishes a fresh one.
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     return env
 
 
@@ -124,17 +153,47 @@ def run_training(
 ) -> TrainingOutcome:
     """Train (or resume training) on ``snapshot`` into ``output_dir``.
 
-    Raises :class:`TrainingError` on failure.
+    With ``training.distributed.nnodes`` > 1 this node's agent waits for the other nodes'
+    (:func:`join_training`) and hosts the rendezvous. Raises :class:`TrainingError` on failure.
     """
     output_dir = Path(output_dir).resolve()
     settings_path = settings.save(output_dir)
     pin_snapshot(output_dir, snapshot)
-    nproc = settings.training.nproc_per_node
-    command = build_torchrun_command(settings_path, output_dir, nproc, mlflow_run_id)
-    returncode, tail = _stream(command, training_env(settings, nproc), log)
+    paths = RunPaths(output_dir)
+    ckpt.write_json(paths.launch, {"mlflow_run_id": mlflow_run_id})
+    nodes = settings.training.distributed.nnodes
+    if nodes > 1:
+        log(f"waiting for {nodes - 1} more node(s): run `visionloop train-join {output_dir}` there")
+    command = build_torchrun_command(settings_path, output_dir, settings.training, mlflow_run_id)
+    _run_agent(command, training_env(settings), log)
+    return TrainingOutcome.read(output_dir)
+
+
+def join_training(output_dir: Path, *, log: Callable[[str], None] = print) -> None:
+    """Run this node's agent of a multi-node run that :func:`run_training` launched into
+    ``output_dir`` (on storage every node sees). This node's environment supplies the
+    secrets and may override settings such as ``training.distributed.local_addr``."""
+    output_dir = Path(output_dir).resolve()
+    paths = RunPaths(output_dir)
+    if not paths.launch.exists():
+        raise SettingsError(
+            f"{paths.launch} is missing: start the run on the launching node first, and pass "
+            "the run directory as this node sees the shared storage"
+        )
+    settings = load_settings(paths.settings)
+    if settings.training.distributed.nnodes == 1:
+        raise SettingsError(
+            f"{output_dir} is a one-node run (training.distributed.nnodes is 1): nothing to join"
+        )
+    mlflow_run_id = json.loads(paths.launch.read_text())["mlflow_run_id"]
+    command = build_torchrun_command(paths.settings, output_dir, settings.training, mlflow_run_id)
+    _run_agent(command, training_env(settings), log)
+
+
+def _run_agent(command: list[str], env: dict[str, str], log: Callable[[str], None]) -> None:
+    returncode, tail = _stream(command, env, log)
     if returncode != 0:
         raise TrainingError(returncode, tail)
-    return TrainingOutcome.read(output_dir)
 
 
 def _stream(
