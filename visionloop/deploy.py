@@ -7,9 +7,13 @@ import subprocess
 import sys
 
 from visionloop.alerts import apply_alerts
-from visionloop.settings import REPO_ROOT, Settings
+from visionloop.settings import Settings
+from visionloop.shipped import folder
 
-PREFECT_FILE = REPO_ROOT / "deployments" / "prefect.yaml"
+PREFECT_FILE = folder("visionloop.deployments") / "prefect.yaml"
+#: Where the deployments' entrypoints (``flows/nightly.py``) are: the checkout, or the
+#: installed package's folder when a worker runs from the wheel.
+CODE_ROOT = folder("visionloop.flows").parent
 
 
 class DeployError(RuntimeError):
@@ -19,7 +23,7 @@ class DeployError(RuntimeError):
 def deployment_env(settings: Settings) -> dict[str, str]:
     """The environment ``prefect deploy`` renders ``deployments/prefect.yaml`` with."""
     return os.environ | {
-        "VISIONLOOP_REPO": str(REPO_ROOT),
+        "VISIONLOOP_REPO": str(CODE_ROOT),
         "VISIONLOOP_NIGHTLY_CRON": settings.nightly_cron,
         "VISIONLOOP_TIMEZONE": settings.timezone,
     }
@@ -27,7 +31,7 @@ def deployment_env(settings: Settings) -> dict[str, str]:
 
 def _prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "prefect", "--no-prompt", *args]
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    return subprocess.run(command, cwd=CODE_ROOT, env=env, capture_output=True, text=True)
 
 
 def deploy_all(settings: Settings, pool: str = "visionloop") -> None:

@@ -32,12 +32,13 @@ import yaml
 
 from visionloop.lake.contract import PARTITION_COLUMN
 from visionloop.lake.snapshot import in_effect, list_table, row_groups, superseded
-from visionloop.settings import REPO_ROOT, Settings
+from visionloop.settings import Settings
+from visionloop.shipped import folder
 
 if TYPE_CHECKING:
     from feast import FeatureStore, FeatureView
 
-REPO_DIR = REPO_ROOT / "feature_repo"
+REPO_DIR = folder("visionloop.feature_repo")
 PUSHED = "pushed.json"
 FEAST_HOME_VARIABLE = "${VISIONLOOP_FEAST_HOME}"
 VIEWS = ("image_embeddings", "image_predictions", "image_facts", "image_labels")

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from visionloop.settings import REPO_ROOT, Settings
+from visionloop.settings import Settings
+from visionloop.shipped import folder
 
 if TYPE_CHECKING:
     from great_expectations.checkpoint.checkpoint import Checkpoint
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     )
     from great_expectations.data_context import FileDataContext
 
-SUITES_DIR = REPO_ROOT / "expectations" / "suites"
+SUITES_DIR = folder("visionloop.expectations") / "suites"
 CRITICAL, WARNING = "critical", "warning"
 DATASOURCE = "visionloop"
 INDEX_LIMIT = 3 * 60  # the Data Docs index lists the results of the last 60 gate runs

@@ -1,0 +1,1 @@
+"""The Prefect deployments (prefect.yaml) that `visionloop deploy` applies, shipped in the wheel."""
