@@ -73,6 +73,7 @@ def _exit_codes() -> dict[type[Exception], int]:
     from visionloop.registry.promotion import PromotionError
     from visionloop.registry.served_model import RegistrationError
     from visionloop.registry.tracking import TrackingUnavailableError
+    from visionloop.shared_lock import SharedLockUnavailableError
     from visionloop.spark import SparkUnavailableError
     from visionloop.training.lake_reader import LakeReadError
     from visionloop.training.launch import TrainingError
@@ -84,6 +85,7 @@ def _exit_codes() -> dict[type[Exception], int]:
         TrackingUnavailableError: EXIT_UNREACHABLE,
         SimilarityError: EXIT_USAGE,
         LabelStudioUnavailableError: EXIT_UNREACHABLE,
+        SharedLockUnavailableError: EXIT_UNREACHABLE,
         SparkUnavailableError: EXIT_FAILED,
         LockBusyError: EXIT_FAILED,
         SnapshotError: EXIT_FAILED,
