@@ -15,7 +15,7 @@ from visionloop.registry.export import ExportedModel
 from visionloop.registry.promotion import PromotionResult
 from visionloop.registry.tracking import ChampionSummary, Tracking
 from visionloop.settings import Settings, load_settings
-from visionloop.tasks.export import export_onnx
+from visionloop.tasks.export import export_if_promoted
 from visionloop.tasks.train import (
     connect_tracking,
     describe_champion,
@@ -77,12 +77,6 @@ def train_and_promote(
         challenger = train_model(tracking, settings, snapshot, decided, output_dir, expectations)
         version = challenger.version.version
     promotion = promote_model(tracking, settings, snapshot, version) if params.promote else None
-    export, export_error = None, None
-    if promotion is not None and promotion.decision.promoted:
-        state = export_onnx(tracking, snapshot, promotion.challenger_version, return_state=True)
-        if state.is_completed():
-            export = state.result()
-        else:
-            export_error = str(state.result(raise_on_failure=False))
+    export, export_error = export_if_promoted(tracking, snapshot, promotion)
     champion = describe_champion(tracking)
     return TrainResult(decided, snapshot.id, challenger, promotion, champion, export, export_error)

@@ -15,6 +15,7 @@ from visionloop.registry.export import (
     export_version,
     parity_images,
 )
+from visionloop.registry.promotion import PromotionResult
 from visionloop.registry.tracking import Tracking
 
 
@@ -44,3 +45,16 @@ def export_onnx(tracking: Tracking, snapshot: LakeSnapshot, version: str) -> Exp
         description=f"{exported.name} v{version} as ONNX, checked against its torch model",
     )
     return exported
+
+
+def export_if_promoted(
+    tracking: Tracking, snapshot: LakeSnapshot, promotion: PromotionResult | None
+) -> tuple[ExportedModel | None, str | None]:
+    """A promoted version's ONNX export, or why it failed (the champion stands either way);
+    ``(None, None)`` when nothing was promoted."""
+    if promotion is None or not promotion.decision.promoted:
+        return None, None
+    state = export_onnx(tracking, snapshot, promotion.challenger_version, return_state=True)
+    if state.is_completed():
+        return state.result(), None
+    return None, str(state.result(raise_on_failure=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,9 +22,13 @@ import typer
 from visionloop.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:  # the flows import Prefect and Spark: not on ``--help``
+    from visionloop.embeddings.results import LeakageResult
+    from visionloop.flows.embed import EmbedResult
     from visionloop.flows.ingest import IngestResult
     from visionloop.flows.nightly import NightlyResult
     from visionloop.flows.train import TrainResult
+    from visionloop.labelling.handoff import HandoffResult
+    from visionloop.registry.export import ExportedModel
     from visionloop.registry.promotion import PromotionResult
     from visionloop.registry.tracking import ChampionSummary
 
@@ -70,6 +75,7 @@ def _exit_codes() -> dict[type[Exception], int]:
     from visionloop.lake.snapshot import SnapshotError
     from visionloop.locks import LockBusyError
     from visionloop.quality.gate import QualityGateError
+    from visionloop.registry.export import ExportParityError, VersionNotFoundError
     from visionloop.registry.promotion import PromotionError
     from visionloop.registry.served_model import RegistrationError
     from visionloop.registry.tracking import TrackingUnavailableError
@@ -93,6 +99,8 @@ def _exit_codes() -> dict[type[Exception], int]:
         TrainingError: EXIT_FAILED,
         RegistrationError: EXIT_FAILED,
         PromotionError: EXIT_FAILED,
+        ExportParityError: EXIT_FAILED,
+        VersionNotFoundError: EXIT_USAGE,
     }
 
 
@@ -273,8 +281,13 @@ def promote(
 
     params = PromoteParameters(version=version, config=str(config) if config else None)
     result = _run(lambda: promote_flow(params))
-    champion = f"{result.name} v{result.champion_after}" if result.champion_after else "none yet"
-    typer.echo(f"{_promotion_line(result)}\nchampion:           {champion}")
+    promotion = result.promotion
+    champion = promotion.champion_after
+    lines = [_promotion_line(promotion), *_export_lines(result.export, result.export_error)]
+    lines.append(
+        f"champion:           {f'{promotion.name} v{champion}' if champion else 'none yet'}"
+    )
+    typer.echo("\n".join(lines))
 
 
 @app.command()
@@ -302,10 +315,15 @@ def similar(
 
 @app.command("label-studio")
 def label_studio(config: ConfigOption = None) -> None:
-    """Run the local Label Studio (127.0.0.1, data under the data home) until Ctrl-C."""
+    """Run the local Label Studio (127.0.0.1, data under the data home) until stopped.
+
+    Ctrl-C, SIGTERM and SIGHUP (a service manager, a Prefect worker) stop its server too.
+    """
     settings = _settings(config)
     from visionloop.labelling.server import start
 
+    for number in (signal.SIGTERM, signal.SIGHUP):  # a service manager or worker stops us
+        signal.signal(number, signal.default_int_handler)  # as Ctrl-C: the server stops too
     server = _run(lambda: start(settings))
     typer.echo(
         f"Label Studio: {server.url} (log in as {settings.labelling.admin_email}; unless set in "
@@ -371,6 +389,128 @@ def compact(config: ConfigOption = None) -> None:
         )
 
 
+BatchOption = Annotated[
+    list[str] | None, typer.Option("--batch", help="a batch id (repeatable); default: latest")
+]
+
+
+@app.command()
+def embed(batch: BatchOption = None, config: ConfigOption = None) -> None:
+    """Embed new images, grow the similar-image index, check the batches for leakage.
+
+    ``--batch`` names the batches to check (default: the latest ingest); Feast is refreshed.
+    """
+    settings = _settings(config)
+    from visionloop.flows.embed import embed as embed_flow
+    from visionloop.parameters import EmbedParameters
+
+    params = EmbedParameters(batch_ids=batch or [], config=str(config) if config else None)
+    result = _run(lambda: embed_flow(params))
+    lines = _embed_lines(settings, result.embed)
+    typer.echo("\n".join([*lines, _feast_line(settings, result.feature_views)]))
+
+
+@app.command()
+def score(config: ConfigOption = None) -> None:
+    """Score the lake's images the champion has not scored yet; refresh Feast."""
+    settings = _settings(config)
+    from visionloop.flows.score import score as score_flow
+    from visionloop.parameters import ScoreParameters
+
+    result = _run(lambda: score_flow(ScoreParameters(config=str(config) if config else None)))
+    scored = result.scoring
+    if scored is None:
+        line = "predictions:        none: no champion yet (train or promote one first)"
+    else:
+        line = (
+            f"predictions:        {scored.written} new by {settings.registered_model_name} "
+            f"v{scored.version} in {settings.lake_dir / 'predictions'}"
+        )
+    typer.echo("\n".join([line, _feast_line(settings, result.feature_views)]))
+
+
+@app.command()
+def drift(
+    batch: BatchOption = None,
+    days: Annotated[
+        int, typer.Option(min=0, help="the batches of the last N days; 0: --batch or latest")
+    ] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Compare new images' embeddings with the champion's training images (Evidently)."""
+    _settings(config)
+    from visionloop.flows.drift import drift as drift_flow
+    from visionloop.parameters import DriftParameters
+
+    params = DriftParameters(
+        batch_ids=batch or [], days=days, config=str(config) if config else None
+    )
+    check = _run(lambda: drift_flow(params))
+    verdict = {True: "drifted", False: "no drift", None: "not judged"}[check.drifted]
+    lines = [f"drift:              {verdict}: {check.note}"]
+    if check.report:
+        lines.append(f"drift report:       {check.report}")
+    if check.drifted_ids:
+        lines.append(f"to annotators first: {len(check.drifted_ids)} drifted images")
+    typer.echo("\n".join(lines))
+
+
+@app.command("sync-labels")
+def sync_labels(config: ConfigOption = None) -> None:
+    """Bring completed Label Studio annotations into the lake as label events (or reviews)."""
+    _settings(config)
+    from visionloop.flows.labelling import sync_labels as sync_flow
+    from visionloop.parameters import SyncParameters
+
+    synced = _run(lambda: sync_flow(SyncParameters(config=str(config) if config else None)))
+    if synced.skipped:
+        typer.echo(f"label sync skipped: {synced.skipped}")
+        return
+    counts = ", ".join(f"{name} {count}" for name, count in synced.counts().items())
+    batch = f"label batch {synced.batch_id}" if synced.batch_id else "nothing new to commit"
+    typer.echo(f"label sync: {counts}; {batch}")
+
+
+@app.command()
+def handoff(
+    budget: Annotated[
+        int | None, typer.Option(min=0, help="images to send; default labelling.budget")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send the images the champion is least sure about to Label Studio (idempotently)."""
+    _settings(config)
+    from visionloop.flows.labelling import handoff as handoff_flow
+    from visionloop.parameters import HandoffParameters
+
+    params = HandoffParameters(budget=budget, config=str(config) if config else None)
+    typer.echo("\n".join(_handoff_lines(_run(lambda: handoff_flow(params)))))
+
+
+@app.command()
+def export(
+    version: Annotated[
+        str | None, typer.Option(help="registered model version; default: the champion")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="export again even if exported before")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Export the champion (or --version) to ONNX beside its pyfunc, parity checked.
+
+    Parity is checked on the lake's test split; when the ONNX model disagrees nothing is
+    logged and the exit code is 1.
+    """
+    settings = _settings(config)
+    from visionloop.registry.export import export_registered
+    from visionloop.registry.tracking import Tracking
+
+    def run_export() -> ExportedModel:
+        tracking = Tracking.connect(settings)
+        return export_registered(tracking, settings, version, force=force)
+
+    typer.echo("\n".join(_export_lines(_run(run_export), None)))
+
+
 def print_summary(settings: Settings, night: NightlyResult) -> None:
     """Where the outputs of a night are, and what each stage counted and decided."""
     lines = _ingest_lines(settings, night.ingest)
@@ -410,30 +550,68 @@ def _ingest_lines(settings: Settings, ingested: IngestResult) -> list[str]:
 
 def _loop_lines(settings: Settings, night: NightlyResult) -> list[str]:
     """Where the nightly's later stages left their outputs, and what they decided."""
-    embed, drift = night.embed, night.drift
-    lines = [
-        f"embeddings:         {settings.lake_dir / 'embeddings'} ({embed.embeddings.version})",
-        f"similar images:     {settings.index_dir} (visionloop similar FILE_OR_ID)",
-    ]
-    if leakage := embed.leakage:
-        summary = leakage.summary
-        lines.append(
-            f"leakage:            {summary.leaked_images} of {summary.images} new "
-            f"images leak across splits ({leakage.excluded} excluded from training); "
-            f"pairs in {leakage.report}"
-        )
-    lines += [
+    drift = night.drift
+    return [
+        *_embed_lines(settings, night.embed),
         f"Feast repository:   feature_repo/ (registry and online store in {settings.feast_dir})",
         f"drift:              {drift.note}" + (f"; report {drift.report}" if drift.report else ""),
         f"predictions:        {settings.lake_dir / 'predictions'}",
         f"tonight's decision: {night.decision.action} ({night.decision.reason})",
+        *_handoff_lines(night.handoff),
     ]
-    queued, sent = night.handoff.queued, night.handoff.sent
-    lines.append(
-        f"labelling queue:    {queued.selected} images selected, {sent.imported} imported; "
-        f"{sent.where}"
-    )
+
+
+def _embed_lines(settings: Settings, embed: EmbedResult) -> list[str]:
+    """Where the vectors and the index are, what grew, and the batches' leakage check."""
+    vectors, index = embed.embeddings, embed.index
+    lines = [
+        f"embeddings:         {settings.lake_dir / 'embeddings'} ({vectors.version}, "
+        f"{vectors.written} new)",
+        f"similar images:     {settings.index_dir} ({index.vectors} images, {index.added} new; "
+        "visionloop similar FILE_OR_ID)",
+    ]
+    if embed.leakage is not None:
+        lines.append(_leakage_line(embed.leakage))
     return lines
+
+
+def _leakage_line(leakage: LeakageResult) -> str:
+    summary = leakage.summary
+    return (
+        f"leakage:            {summary.leaked_images} of {summary.images} new images leak "
+        f"across splits ({leakage.excluded} excluded from training); pairs in {leakage.report}"
+    )
+
+
+def _feast_line(settings: Settings, feature_views: list[str]) -> str:
+    views = ", ".join(feature_views) or "none"
+    return f"Feast:              {views} materialised (online store in {settings.feast_dir})"
+
+
+def _handoff_lines(handed: HandoffResult) -> list[str]:
+    queued, sent = handed.queued, handed.sent
+    lines = [
+        f"labelling queue:    {queued.selected} images selected, {queued.queued} queued, "
+        f"{sent.imported} imported, {sent.refreshed} refreshed; {sent.where}"
+    ]
+    if queued.why_held_back:
+        lines.append(f"held back:          {queued.why_held_back}")
+    return lines
+
+
+def _export_lines(export: ExportedModel | None, error: str | None) -> list[str]:
+    """The ONNX export of a champion, or why it failed (the champion stands either way)."""
+    if error is not None:
+        return [f"ONNX export:        failed ({error}); retry with `visionloop export`"]
+    if export is None:
+        return []
+    parity, earlier = export.parity, " (exported earlier)" if export.reused else ""
+    return [
+        f"ONNX export:        {export.name} v{export.version}{earlier}: parity on "
+        f"{parity.images} test images, max |dp| {parity.max_abs_diff:.1e}, "
+        f"{parity.label_mismatches} labels differ",
+        f"ONNX model:         {export.artifact_location} (logged model {export.model_id})",
+    ]
 
 
 def _training_lines(settings: Settings, trained: TrainResult | None) -> list[str]:
@@ -455,6 +633,7 @@ def _training_lines(settings: Settings, trained: TrainResult | None) -> list[str
         )
     if trained.promotion is not None:
         lines.append(_promotion_line(trained.promotion))
+    lines += _export_lines(trained.export, trained.export_error)
     return [*lines, _champion_line(settings, trained.champion)]
 
 

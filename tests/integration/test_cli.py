@@ -81,3 +81,76 @@ def test_a_failing_gate_exits_3_and_holds_the_batch(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stderr[-2000:]
     assert "quarantine_rate" in result.stderr and "--accept-failing-batch" in result.stderr
     assert len(list((tmp_path / "home" / "lake" / "_held").iterdir())) == 1
+
+
+# ------------------------------------------------- the flows a person runs by hand
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A settings file whose tiny lake has a registered challenger and no champion yet."""
+    from tests.integration.test_onnx_export import SIZE, _registered
+    from visionloop.settings import load_settings
+
+    home = tmp_path_factory.mktemp("by-hand")
+    _registered(home)
+    settings = load_settings(
+        data_home=home,
+        spark_master="local[2]",
+        image_size=SIZE,
+        promotion={"first_model_floor": 0.0},
+        embeddings={"input_size": SIZE},
+    )
+    return settings.save(home / "config")
+
+
+def _invoke(config: Path, *args: str, **env: str):
+    """The command in this process (its Prefect API and Spark are the test session's)."""
+    from typer.testing import CliRunner
+
+    from visionloop.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--config", str(config)], env=env)
+    if isinstance(result.exception, Exception) and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a bare traceback: a test failure, never an exit code
+    return result
+
+
+@pytest.mark.slow
+def test_every_flow_runs_by_hand_with_a_summary_and_its_exit_codes(registered: Path) -> None:
+    nothing = _invoke(registered, "export")
+    assert nothing.exit_code == 2 and "no 'champion' version" in nothing.output
+
+    promoted = _invoke(registered, "promote")
+    assert promoted.exit_code == 0, promoted.output
+    assert "v1 promoted" in promoted.output and "champion:           " in promoted.output
+    assert "ONNX export:" in promoted.output and "0 labels differ" in promoted.output
+
+    again = _invoke(registered, "export")
+    assert again.exit_code == 0 and "v1 (exported earlier)" in again.output
+    unknown = _invoke(registered, "export", "--version", "99")
+    assert unknown.exit_code == 2 and "has no version 99" in unknown.output
+
+    embedded = _invoke(registered, "embed")
+    assert embedded.exit_code == 0, embedded.output
+    assert "150 new" in embedded.output and "similar images:" in embedded.output
+
+    scored = _invoke(registered, "score")
+    assert scored.exit_code == 0 and "150 new by" in scored.output, scored.output
+
+    drifted = _invoke(registered, "drift", "--days", "1")
+    assert drifted.exit_code == 0 and "drift:" in drifted.output, drifted.output
+    assert _invoke(registered, "drift", "--days", "-1").exit_code == 2
+
+    handed = _invoke(registered, "handoff", "--budget", "4")
+    assert handed.exit_code == 0, handed.output
+    # Every image of the lake is labelled: nothing to select, and no Label Studio runs.
+    assert "0 images selected" in handed.output and "outbox.json" in handed.output
+    skipped = _invoke(registered, "sync-labels")
+    assert skipped.exit_code == 0 and "label sync skipped" in skipped.output
+
+    down = {"VISIONLOOP_LABELLING__URL": f"http://127.0.0.1:{_closed_port()}"}
+    for command in ("sync-labels", "handoff"):
+        unreachable = _invoke(registered, command, **down)
+        assert unreachable.exit_code == 4, unreachable.output
+        assert "is unreachable" in unreachable.output

@@ -71,6 +71,10 @@ class ExportParityError(RuntimeError):
     """The ONNX model disagrees with the torch model; it was not logged."""
 
 
+class VersionNotFoundError(LookupError):
+    """No champion, no such version, or (to load) no ONNX export of it."""
+
+
 @dataclass(frozen=True)
 class Parity:
     """How far one model's predictions are from another's on the same images."""
@@ -381,21 +385,35 @@ def export_registered(
 ) -> ExportedModel:
     """For the CLI: export ``version`` (default: the champion), its parity checked on the
     current lake's test split."""
+    from mlflow.exceptions import MlflowException
+
     from visionloop.lake.snapshot import take
 
     version = version or tracking.alias_version(CHAMPION)
     if version is None:
-        raise LookupError(f"registered model {tracking.model_name} has no '{CHAMPION}' version")
+        raise VersionNotFoundError(
+            f"registered model {tracking.model_name} has no '{CHAMPION}' version; promote one "
+            "first or name one with --version"
+        )
+    try:
+        tracking.version_tags(version)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise VersionNotFoundError(
+            f"registered model {tracking.model_name} has no version {version}"
+        ) from error
     return export_version(tracking, version, parity_images(take(settings.lake_dir)), force=force)
 
 
 def load_onnx_pyfunc(tracking: Tracking, version: str) -> mlflow.pyfunc.PyFuncModel:
-    """The version's exported ONNX pyfunc (raises LookupError when it was never exported)."""
+    """The version's exported ONNX pyfunc (raises VersionNotFoundError when it was never
+    exported)."""
     import mlflow.artifacts
 
     found = exported(tracking, version)
     if found is None:
-        raise LookupError(f"{tracking.model_name} v{version} has no ONNX export")
+        raise VersionNotFoundError(f"{tracking.model_name} v{version} has no ONNX export")
     local = mlflow.artifacts.download_artifacts(
         artifact_uri=found.artifact_location, tracking_uri=tracking.uri
     )
