@@ -36,6 +36,7 @@ from visionloop.tasks.monitor import check_drift, publish_decision
 from visionloop.tasks.score import score_images
 from visionloop.tasks.spark import start_spark
 from visionloop.tasks.train import connect_tracking, snapshot_lake
+from visionloop.training.recipe import adopt_recipe
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ class NightlyResult:
 @flow(name="nightly", log_prints=True)
 def nightly(params: NightlyParameters = NightlyParameters()) -> NightlyResult:
     """The whole loop on tonight's batch; each branch of the decision is recorded."""
-    settings = load_settings(params.config)
+    # A tuned recipe is trained only when the operator names it: never picked up silently.
+    settings = adopt_recipe(load_settings(params.config), params.training_recipe)
     tracking = connect_tracking(settings)  # an unreachable store fails before anything runs
     # Label Studio down does not stop the night's training; sending tonight's tasks fails
     # the run at the end, naming it, and the tasks wait in the outbox.

@@ -43,6 +43,7 @@ DEPLOYMENTS = (
     "promote",
     "sync_labels",
     "handoff",
+    "tune",
 )
 
 app = typer.Typer(help="Keep image classifiers fresh.", no_args_is_help=True)
@@ -83,6 +84,7 @@ def _exit_codes() -> dict[type[Exception], int]:
     from visionloop.spark import SparkUnavailableError
     from visionloop.training.lake_reader import LakeReadError
     from visionloop.training.launch import TrainingError
+    from visionloop.training.tuning import TuningError
 
     return {
         SettingsError: EXIT_USAGE,
@@ -97,6 +99,7 @@ def _exit_codes() -> dict[type[Exception], int]:
         SnapshotError: EXIT_FAILED,
         LakeReadError: EXIT_FAILED,
         TrainingError: EXIT_FAILED,
+        TuningError: EXIT_FAILED,
         RegistrationError: EXIT_FAILED,
         PromotionError: EXIT_FAILED,
         ExportParityError: EXIT_FAILED,
@@ -265,6 +268,35 @@ def train_join(
     from visionloop.training.launch import join_training
 
     _run(lambda: join_training(run_dir))
+
+
+@app.command()
+def tune(
+    trials: Annotated[int, typer.Option(help="trials to run (the settings' recipe first)")] = 20,
+    timeout: Annotated[
+        float | None, typer.Option(help="seconds after which no trial starts")
+    ] = 3600,
+    config: ConfigOption = None,
+) -> None:
+    """Search the training recipe on the lake (Optuna TPE, median pruner) and write the best
+    as a ``training:`` recipe; the nightly trains it only with ``training_recipe`` set."""
+    _settings(config)
+    from visionloop.flows.tune import tune as tune_flow
+    from visionloop.parameters import TuneParameters
+
+    params = TuneParameters(
+        n_trials=trials, timeout_s=timeout, config=str(config) if config else None
+    )
+    result = _run(lambda: tune_flow(params))
+    states = [row["state"] for row in result.trials]
+    counts = ", ".join(f"{states.count(state)} {state.lower()}" for state in sorted(set(states)))
+    baseline = "pruned" if result.baseline_value is None else f"{result.baseline_value:.4f}"
+    typer.echo(
+        f"trials:             {len(states)} ({counts}) in {result.wall_s:.0f} s\n"
+        f"best:               trial {result.best_trial}, val_accuracy {result.best_value:.4f} "
+        f"(settings' recipe: {baseline})\n"
+        f"recipe:             {result.recipe_path}"
+    )
 
 
 @app.command()

@@ -97,3 +97,35 @@ class NightlyParameters(IngestParameters):
 
     train: bool = Field(True, description="train and promote after ingest")
     force_training: bool = Field(False, description="train even if the training split is unchanged")
+    training_recipe: str | None = Field(
+        None,
+        description="a recipe file `visionloop tune` wrote: its training keys replace the "
+        "settings' for this night; empty: the settings' own recipe",
+    )
+
+
+class SearchSpace(BaseModel):
+    """The recipe settings a tuning run searches, each as [low, high]."""
+
+    lr: tuple[float, float] = Field((3e-4, 1e-2), description="learning rate (log scale)")
+    weight_decay: tuple[float, float] = Field((1e-3, 0.1), description="AdamW (log scale)")
+    augment_magnitude: tuple[int, int] = Field(
+        (0, 10), description="RandAugment magnitude (rand-m<N>-n2-mstd0.5); 0: no RandAugment"
+    )
+    mixup: tuple[float, float] = Field((0.0, 0.4), description="mixup alpha; 0: off")
+
+
+class TuneParameters(BaseModel):
+    """A hyperparameter search over the training recipe on one lake snapshot."""
+
+    n_trials: int = Field(20, ge=1, description="trials to run (the settings' recipe is the first)")
+    timeout_s: float | None = Field(
+        3600, gt=0, description="no trial starts after this many seconds; empty: no limit"
+    )
+    space: SearchSpace = SearchSpace()
+    first_trials: list[dict[str, float]] = Field(
+        default_factory=list,
+        description="recipes tried right after the settings' own, e.g. {lr: 0.001}; "
+        "keys from the search space",
+    )
+    config: str | None = Field(None, description="settings YAML file (else VISIONLOOP_CONFIG)")

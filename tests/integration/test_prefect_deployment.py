@@ -28,6 +28,7 @@ from visionloop.parameters import (
     ScoreParameters,
     SyncParameters,
     TrainParameters,
+    TuneParameters,
 )
 from visionloop.settings import REPO_ROOT
 
@@ -117,6 +118,7 @@ def _check_run_forms(api: str) -> None:
         "promote": PromoteParameters,
         "sync_labels": SyncParameters,
         "handoff": HandoffParameters,
+        "tune": TuneParameters,
     }
     ui = api.removesuffix("/api")
     for name, deployment_id in _deployment_ids(api).items():
