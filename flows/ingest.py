@@ -24,6 +24,7 @@ from visionloop.tasks.ingest import (
 )
 from visionloop.tasks.spark import start_spark
 from visionloop.tasks.validate import validate_batch
+from visionloop.web import report_url
 
 
 @dataclass(frozen=True)
@@ -51,18 +52,18 @@ def ingest_batch(spark: SparkSession, settings: Settings, params: IngestParamete
     with lake.writer(settings, f"flow run {flow_run.get_name()}"):
         report = preprocess_batch(spark, settings, sources)
         if not report.arrived:
-            publish_ingest_report(report, None)
+            publish_ingest_report(settings, report, None)
             get_run_logger().info("nothing new: %d files listed, all placed", report.listed)
             return IngestResult(report, None)
         gate = validate_batch(settings, report, params.accept_failing_batch)
         if not gate.passed:
-            publish_ingest_report(report, gate)
+            publish_ingest_report(settings, report, gate)
             held = hold_batch(settings, report)
-            emit_batch_held(gate, held)
+            emit_batch_held(gate, held, report_url(settings, gate.data_docs))
             raise QualityGateError(f"{gate.message}\nThe batch is held at {held}.")
         commit_batch(settings, report)
     if settings.landing.after_ingest == "archive":
         report = archive_arrivals(settings, report, sources)
-    publish_ingest_report(report, gate)
+    publish_ingest_report(settings, report, gate)
     get_run_logger().info("batch %s committed: %s", report.batch_id, report.counts())
     return IngestResult(report, gate)

@@ -21,6 +21,7 @@ from visionloop.quality.gate import enforce, leakage_gate
 from visionloop.registry.tracking import Tracking
 from visionloop.settings import Settings
 from visionloop.spark_jobs.infer_images import InferenceReport, run_inference
+from visionloop.web import report_url
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NONE)
@@ -71,11 +72,12 @@ def check_leakage(
     summary["excluded"] = len(copies)
     exclude(settings, copies, by="leakage check", reason=f"copies across splits in {report}")
     gate = leakage_gate(settings, name, summary)
-    create_table_artifact(key="leakage", table=[summary], description=f"Pairs: {report}")
+    pairs = report_url(settings, report)
+    create_table_artifact(key="leakage", table=[summary], description=f"Pairs: [{pairs}]({pairs})")
     create_markdown_artifact(
         key="leakage-pairs", markdown=pairs_markdown(found.pairs, found.images)
     )
-    emit_leakage(gate)
+    emit_leakage(gate, report_url(settings, gate.data_docs))
     enforce(gate)
     return LeakageResult(found.summary, len(copies), report, gate)
 

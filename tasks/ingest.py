@@ -18,6 +18,7 @@ from visionloop.quality.gate import GateResult
 from visionloop.settings import Settings
 from visionloop.spark_jobs.preprocess_images import stage_batch
 from visionloop.tasks.retrying import transient_only
+from visionloop.web import report_url
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=transient_only, cache_policy=NONE)
@@ -54,8 +55,11 @@ def hold_batch(settings: Settings, report: IngestReport) -> Path:
 
 
 @task(cache_policy=NONE)
-def publish_ingest_report(report: IngestReport, gate: GateResult | None) -> None:
-    """Publish the batch counts and gate outcome as Prefect artifacts."""
+def publish_ingest_report(
+    settings: Settings, report: IngestReport, gate: GateResult | None
+) -> None:
+    """Publish the batch counts and gate outcome as Prefect artifacts, linking the Data Docs
+    page on the reports server."""
     create_table_artifact(
         key="ingest-counts", table=report.counts(), description=f"Batch {report.batch_id}"
     )
@@ -70,10 +74,11 @@ def publish_ingest_report(report: IngestReport, gate: GateResult | None) -> None
         key="expectations", table=gate.summary_rows(), description="Great Expectations results"
     )
     verdict = "passed" if gate.passed else "FAILED"
+    page = report_url(settings, gate.data_docs)
     if gate.overridden:
         verdict += " (failing batch accepted by operator override)"
     create_markdown_artifact(
         key="data-docs",
         markdown=f"Quality gate **{verdict}** for batch `{report.batch_id}`.\n\n"
-        f"Data Docs: [{gate.data_docs}](file://{gate.data_docs})",
+        f"Data Docs: [{page}]({page})",
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
@@ -15,6 +13,7 @@ from visionloop.monitoring.drift import DriftCheck, DriftInputError, DriftResult
 from visionloop.monitoring.inputs import drift_sets
 from visionloop.registry.tracking import CHAMPION, Tracking
 from visionloop.settings import Settings
+from visionloop.web import report_url
 
 
 @task(retries=1, retry_delay_seconds=10, cache_policy=NONE)
@@ -54,13 +53,14 @@ def check_drift(
     files = save(report, result, settings.reports_dir / "drift", name)
     run_id = tracking.client.get_model_version(tracking.model_name, champion).run_id
     tracking.client.log_artifact(run_id, str(files["html"]), "drift")
-    _publish(result, files["html"], champion)
+    page = report_url(settings, files["html"])
+    _publish(result, page, champion)
     drifted_ids = sets.current_ids if result.drifted else []
-    emit_drift(result, files["html"], batch_ids)
+    emit_drift(result, page, batch_ids)
     return DriftCheck(result, result.reason, files["html"], drifted_ids)
 
 
-def _publish(result: DriftResult, html: Path, champion: str) -> None:
+def _publish(result: DriftResult, page: str, champion: str) -> None:
     create_table_artifact(
         key="drift",
         table=[
@@ -77,7 +77,7 @@ def _publish(result: DriftResult, html: Path, champion: str) -> None:
     create_markdown_artifact(
         key="drift-report",
         markdown=f"Drift against champion v{champion}: **{result.reason}**\n\n"
-        f"Evidently report: [{html}](file://{html})",
+        f"Evidently report: [{page}]({page})",
     )
 
 

@@ -8,8 +8,9 @@ automation per :data:`ALERTS` entry by name (re-running it never duplicates them
 is about, so a task retry that emits it again sends nothing.
 
 Payload of every custom event: ``summary``, ``reason``, ``run`` (the flow run, or the
-command outside one), ``link`` (the run's Prefect UI page, or the resource's event feed)
-and the details of the alert.
+command outside one), ``link`` (the run's Prefect UI page, or the resource's event feed),
+``page`` (the report to open over HTTP, see :mod:`visionloop.web`, where there is one) and
+the details of the alert.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ EVENT_BODY = (
     "Reason: {{ event.payload.reason }}\n"
     "Run: {{ event.payload.run }}\n"
     "Link: {{ event.payload.link }}"
+    "{% if event.payload.page %}\nPage: {{ event.payload.page }}{% endif %}"
 )
 NIGHT_BODY = (
     "The nightly run {{ flow_run.name }} ended {{ flow_run.state.name }}.\n"
@@ -110,14 +112,23 @@ class AlertEvent:
 
 
 def alert_event(
-    event: str, kind: str, key: str, summary: str, reason: str, run: RunRef, **details: Any
+    event: str,
+    kind: str,
+    key: str,
+    summary: str,
+    reason: str,
+    run: RunRef,
+    page: str | None = None,
+    **details: Any,
 ) -> AlertEvent:
-    """The event ``event`` about resource ``visionloop.<kind>.<key>``, raised in ``run``."""
+    """The event ``event`` about resource ``visionloop.<kind>.<key>``, raised in ``run``;
+    ``page`` is the HTTP address of its report."""
     resource_id = f"visionloop.{kind}.{key}"
     link = run.link or _events_link(resource_id)
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[: MAX_REASON_CHARS - 1] + "…"
-    payload = {"summary": summary, "reason": reason, "run": run.name, "link": link, **details}
+    payload = {"summary": summary, "reason": reason, "run": run.name, "link": link}
+    payload |= ({"page": page} if page else {}) | details
     related = []
     if run.id is not None:
         related.append(
@@ -136,7 +147,8 @@ def alert_event(
     )
 
 
-def batch_held_event(gate: GateResult, held_at: Path, run: RunRef) -> AlertEvent:
+def batch_held_event(gate: GateResult, held_at: Path, data_docs: str, run: RunRef) -> AlertEvent:
+    """``data_docs``: the HTTP address of the gate's Data Docs page."""
     failed = len(gate.critical_failures)
     return alert_event(
         BATCH_HELD,
@@ -145,13 +157,14 @@ def batch_held_event(gate: GateResult, held_at: Path, run: RunRef) -> AlertEvent
         f"Batch {gate.batch_id} failed {failed} critical expectation(s) and is held at {held_at}.",
         gate.message,
         run,
+        data_docs,
         batch_id=gate.batch_id,
         held_at=str(held_at),
-        data_docs=str(gate.data_docs),
     )
 
 
-def drift_event(result: DriftResult, report: Path, batch_ids: list[str], run: RunRef) -> AlertEvent:
+def drift_event(result: DriftResult, report: str, batch_ids: list[str], run: RunRef) -> AlertEvent:
+    """``report``: the HTTP address of the Evidently report."""
     key = "-".join(sorted(batch_ids))[:120] or "lake"
     return alert_event(
         DRIFT_FLAGGED,
@@ -161,12 +174,13 @@ def drift_event(result: DriftResult, report: Path, batch_ids: list[str], run: Ru
         f"champion's training images: {result.votes} of {len(result.methods)} tests agree.",
         result.reason,
         run,
+        report,
         batch_ids=sorted(batch_ids),
-        report=str(report),
     )
 
 
-def leakage_event(gate: GateResult, run: RunRef) -> AlertEvent:
+def leakage_event(gate: GateResult, data_docs: str, run: RunRef) -> AlertEvent:
+    """``data_docs``: the HTTP address of the leakage expectation's Data Docs page."""
     stats = gate.stats
     return alert_event(
         LEAKAGE_FAILED,
@@ -176,7 +190,7 @@ def leakage_event(gate: GateResult, run: RunRef) -> AlertEvent:
         f"({stats.get('leaked_images', '?')} of {stats.get('images', '?')} images).",
         gate.message,
         run,
-        data_docs=str(gate.data_docs),
+        data_docs,
     )
 
 
@@ -251,20 +265,20 @@ def emit(alert: AlertEvent) -> None:
     )
 
 
-def emit_batch_held(gate: GateResult, held_at: Path) -> None:
-    emit(batch_held_event(gate, held_at, current_run()))
+def emit_batch_held(gate: GateResult, held_at: Path, data_docs: str) -> None:
+    emit(batch_held_event(gate, held_at, data_docs, current_run()))
 
 
-def emit_drift(result: DriftResult, report: Path, batch_ids: list[str]) -> None:
+def emit_drift(result: DriftResult, report: str, batch_ids: list[str]) -> None:
     """Emit only when the check flagged drift."""
     if result.drifted:
         emit(drift_event(result, report, batch_ids, current_run()))
 
 
-def emit_leakage(gate: GateResult) -> None:
+def emit_leakage(gate: GateResult, data_docs: str) -> None:
     """Emit only when the leakage gate stops the flow."""
     if not gate.passed:
-        emit(leakage_event(gate, current_run()))
+        emit(leakage_event(gate, data_docs, current_run()))
 
 
 def emit_promotion(result: PromotionResult) -> None:

@@ -378,6 +378,21 @@ class AlertSettings(BaseModel):
     )
 
 
+class WebSettings(BaseModel):
+    """The addresses of the pages people open; ``make serve`` binds each URL's host and port."""
+
+    reports_url: str = Field(
+        "http://127.0.0.1:8090",
+        pattern=r"^https?://[^/]+",
+        description="where reports_dir (Data Docs, drift reports, leakage pairs) is served",
+    )
+    mlflow_ui_url: str = Field(
+        "http://127.0.0.1:5000",
+        pattern=r"^https?://[^/]+",
+        description="the MLflow UI make serve starts on a local store (a server is its own UI)",
+    )
+
+
 class Settings(BaseSettings):
     """Everything visionloop can be configured with, in one place."""
 
@@ -431,6 +446,7 @@ class Settings(BaseSettings):
     feature_store: FeatureStoreSettings = FeatureStoreSettings()
     labelling: LabellingSettings = LabellingSettings()
     alerts: AlertSettings = AlertSettings()
+    web: WebSettings = WebSettings()
 
     @field_validator("data_home")
     @classmethod
@@ -558,6 +574,11 @@ class Settings(BaseSettings):
     @property
     def gx_root(self) -> Path:
         return self.data_home / "gx"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        """Great Expectations' Data Docs site, inside the published reports folder."""
+        return self.reports_dir / "data-docs"
 
     @property
     def resolved_mlflow_uri(self) -> str:

@@ -42,6 +42,13 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 DELIVERY_S = 120  # generous: the server, the events worker and the notification service
 QUIET_S = 5  # after the last expected message: time for a duplicate to show up
+REPORTS = "http://127.0.0.1:8090"  # web.reports_url
+#: The report each alert links (visionloop.web.report_url of what the flows wrote).
+PAGES = {
+    "batch held": f"{REPORTS}/data-docs/validations/images_batch/b-held.html",
+    "drift flagged": f"{REPORTS}/drift/b-drift.html",
+    "leakage gate failed": f"{REPORTS}/data-docs/validations/leakage/b-leak.html",
+}
 
 
 def _free_port() -> int:
@@ -174,12 +181,12 @@ def broken_ingest() -> None:
 @flow(name="alerts-probe")
 def raise_every_alert() -> None:
     """What the flows emit, each path once, with the calls that must stay silent."""
-    emit_batch_held(_gate("b-held", False), Path("/lake/held/b-held"))
-    emit_drift(DRIFTED, Path("/reports/drift/b-drift.html"), ["b-drift"])
-    emit_drift(STEADY, Path("/reports/drift/b-steady.html"), ["b-steady"])  # no drift: silent
-    emit_leakage(_gate("b-leak", False, LEAKY))
-    emit_leakage(_gate("b-leak", False, LEAKY))  # the task's retry: the same event again
-    emit_leakage(_gate("b-clean", True, LEAKY))  # passed: silent
+    emit_batch_held(_gate("b-held", False), Path("/lake/held/b-held"), PAGES["batch held"])
+    emit_drift(DRIFTED, PAGES["drift flagged"], ["b-drift"])
+    emit_drift(STEADY, f"{REPORTS}/drift/b-steady.html", ["b-steady"])  # no drift: silent
+    emit_leakage(_gate("b-leak", False, LEAKY), PAGES["leakage gate failed"])
+    emit_leakage(_gate("b-leak", False, LEAKY), PAGES["leakage gate failed"])  # a task retry
+    emit_leakage(_gate("b-clean", True, LEAKY), PAGES["leakage gate failed"])  # passed: silent
     emit_promotion(_promotion(True))
     emit_promotion(_promotion(True, replayed=True))  # a replayed decision: silent
     emit_promotion(_promotion(False))  # rejected: silent
@@ -234,6 +241,8 @@ def test_each_alert_arrives_once_with_its_reason_and_link(
         text = by_subject[name][0]
         assert all(part in text for part in parts), text
         assert f"Link: {probe_link}" in text and "Run: alerts-probe/" in text, text
+        page = PAGES.get(name.removeprefix("visionloop: "))
+        assert (f"Page: {page}" in text) if page else ("Page:" not in text), text
     rolled = by_subject["visionloop: model rolled back"][0]
     assert "v6 is the champion again; v7 rolled back" in rolled
     assert f"Link: {ui}/events?resource=visionloop.model.visionloop-classifier.v6" in rolled

@@ -7,6 +7,7 @@ import uuid
 from visionloop.alerts import (
     ALERTS,
     BATCH_HELD,
+    EVENT_BODY,
     MAX_REASON_CHARS,
     NIGHTLY_FLOW,
     RunRef,
@@ -77,3 +78,13 @@ def test_the_webhook_url_is_secret_and_alerts_are_off_without_it() -> None:
     settings = load_settings(alerts={"webhook_url": url})
     assert settings.alerts.webhook_url.get_secret_value() == url
     assert "s3cr3t-x9" not in repr(settings) + str(settings.model_dump(mode="json"))
+
+
+def test_a_report_page_is_in_the_payload_and_the_message_only_where_there_is_one() -> None:
+    page = "http://127.0.0.1:8090/drift/b1.html"
+    event = alert_event(BATCH_HELD, "batch", "b1", "held", "why", RUN, page)
+    assert event.payload["page"] == page
+    assert "page" not in alert_event(BATCH_HELD, "batch", "b1", "held", "why", RUN).payload
+    assert "{% if event.payload.page %}" in EVENT_BODY and "Page: {{ event.payload.page }}" in (
+        EVENT_BODY
+    )

@@ -9,6 +9,7 @@ every expectation's verdict as a flat :class:`ExpectationOutcome`, plus the Data
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,15 +69,19 @@ def _context(settings: Settings) -> FileDataContext:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    fresh = not (settings.gx_root / "great_expectations.yml").exists()
     context = gx.get_context(mode="file", context_root_dir=settings.gx_root)
-    if fresh:
+    # Data Docs are built inside the published reports folder (see visionloop.web), also for
+    # a context made before they moved there or under another data home.
+    site_dir = f"{settings.data_docs_dir}{os.sep}"
+    sites = context.variables.data_docs_sites or {}
+    if any(site["store_backend"]["base_directory"] != site_dir for site in sites.values()):
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        sites = context.variables.data_docs_sites or {}
         for site in sites.values():  # the index reads every listed result on each build
             site.setdefault("site_index_builder", {})["validation_results_limit"] = INDEX_LIMIT
+            site["store_backend"]["base_directory"] = site_dir
         context.variables.data_docs_sites = sites
         context.variables.save()
+        context = gx.get_context(mode="file", context_root_dir=settings.gx_root)  # re-read it
     return context
 
 
