@@ -27,3 +27,8 @@ def test_lookup_returns_the_asked_columns_of_the_asked_images_only(tmp_path: Pat
     assert found[wanted[0]["image_id"]]["label"] is None  # excluded: the latest event decides
     assert found[wanted[1]["image_id"]]["label"] == wanted[1]["label"]
     assert snapshot.lookup([], ["image"]) == {}
+    # The batch is the partition of the image's file, not a column of it.
+    batches = snapshot.lookup([row["image_id"] for row in wanted], ["batch_id", "label"])
+    batch = Path(snapshot.paths[-1]).parent.name.partition("=")[2]
+    assert {found["batch_id"] for found in batches.values()} == {batch}
+    assert batches[wanted[1]["image_id"]]["label"] == wanted[1]["label"]

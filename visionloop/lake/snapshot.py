@@ -261,7 +261,8 @@ class LakeSnapshot:
             yield pending
 
     def lookup(self, image_ids: Collection[str], columns: Sequence[str]) -> dict[str, dict]:
-        """``image_id -> {column: value}`` of some images (``label`` is the effective label).
+        """``image_id -> {column: value}`` of some images (``label`` is the effective label,
+        ``batch_id`` the partition of the image's file).
 
         Only the id column of each row group is scanned; the asked-for columns (image bytes,
         say) are read only from the row groups that hold a wanted image.
@@ -271,13 +272,18 @@ class LakeSnapshot:
         if not len(wanted):
             return found
         names = list(dict.fromkeys(["image_id", *columns]))
+        stored = [name for name in names if name != "batch_id"]  # not in the files themselves
         for part in row_groups(self.paths, ["image_id"]):
             mask = pc.is_in(part.table["image_id"], value_set=wanted)
             if not pc.any(mask).as_py():
                 continue
-            table = self._read_group(part, names).filter(mask)
+            table = self._read_group(part, stored).filter(mask)
+            if "batch_id" in names:
+                batch = pa.array([self.files[part.file].batch_id] * len(table), pa.string())
+                table = table.append_column("batch_id", batch)
             if "label" in names:
-                table = table.set_column(names.index("label"), "label", self.labels(table))
+                column = table.schema.get_field_index("label")
+                table = table.set_column(column, "label", self.labels(table))
             found.update((row["image_id"], row) for row in table.to_pylist())
         return found
 
