@@ -406,6 +406,14 @@ class Settings(BaseSettings):
     data_home: Path = Path(".visionloop")
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
+    spark_driver_host: str | None = Field(
+        None,
+        description="the address executors reach the driver at (local masters: 127.0.0.1)",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="more Spark properties for the session, e.g. spark.executor.memory",
+    )
     spark_partitions: int | None = Field(
         None, ge=1, description="partitions of a landing batch; default 4 x default parallelism"
     )
@@ -419,6 +427,11 @@ class Settings(BaseSettings):
     parquet_row_group_rows: int = Field(1024, ge=1)
     lake_lock_timeout_s: float = Field(
         3600, ge=0, description="how long a batch waits while another batch writes the lake"
+    )
+    lake_lock: Literal["file", "prefect"] = Field(
+        "file",
+        description="the lake writer lock: a flock (one machine) or a Prefect global "
+        "concurrency limit on the Prefect server (writers on several machines)",
     )
     tfrecord_shard_rows: int = Field(5000, ge=1)
     split: SplitFractions = SplitFractions()
