@@ -120,3 +120,51 @@ def test_latest_label_is_the_latest_recorded_event_of_each_image(tmp_path: Path)
     assert only["image_id"].to_pylist() == ["c"]
     assert latest_labels([]).num_rows == 0
     assert latest_labels(paths, image_ids=pa.array([], pa.string())).num_rows == 0
+
+
+def _images(labels: tuple[str, ...]) -> pa.Table:
+    ids = [f"{n:064d}" for n in range(len(labels))]
+    return pa.table({"image_id": ids, "label": list(labels), "split": ["train"] * len(labels)})
+
+
+def _commit_images(settings, batch_id: str, labels: tuple[str, ...]) -> Path:
+    staging = lake.stage(settings, batch_id)
+    staging.table("images").mkdir()
+    pq.write_table(_images(labels), staging.table("images") / "part-0.parquet")
+    lake.commit(settings, batch_id, {"batch_id": batch_id})
+    return settings.images_dir / f"batch_id={batch_id}" / "part-0.parquet"
+
+
+def test_a_snapshot_reads_file_hashes_from_the_commit_manifest_not_the_files(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A night's snapshot must not hash every image file of the lake (cost follows the night)."""
+    settings = load_settings(data_home=tmp_path)
+    part = _commit_images(settings, "b1", ("cat", "dog"))
+    expected = snapshot.file_sha256(part)
+
+    def no_hashing(path: Path) -> str:
+        raise AssertionError(f"{path} was hashed again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(snapshot, "file_sha256", no_hashing)
+        (described,) = snapshot.take(settings.lake_dir).files
+    assert (described.sha256, described.rows, described.size) == (expected, 2, part.stat().st_size)
+
+    # A file whose size no longer matches its manifest is measured afresh, never trusted.
+    pq.write_table(_images(("cat", "dog", "cow")), part)
+    (changed,) = snapshot.take(settings.lake_dir).files
+    assert changed.rows == 3 and changed.sha256 == snapshot.file_sha256(part)
+
+
+def test_maintenance_gives_partitions_committed_before_manifests_theirs(tmp_path: Path) -> None:
+    from visionloop.lake.compaction import backfill_manifests
+
+    settings = load_settings(data_home=tmp_path)
+    partition = _commit_images(settings, "old", ("cat",)).parent
+    (partition / snapshot.MANIFEST).unlink()  # as a lake written before manifests
+    before = snapshot.take(settings.lake_dir).files  # still described, by reading the file
+    assert backfill_manifests(settings) == 1
+    assert snapshot.read_manifest(partition)["part-0.parquet"]["sha256"] == before[0].sha256
+    assert backfill_manifests(settings) == 0
+    assert snapshot.take(settings.lake_dir).files == before

@@ -2,7 +2,9 @@
 
 A batch is written whole under ``_staging/<batch_id>/`` (one folder per table), then a
 ``_READY`` marker holding the batch report is written, then the label map is extended with
-the batch's classes and each table folder is renamed into ``<table>/batch_id=<batch_id>``.
+the batch's classes and each table folder, with a manifest of its files' sizes and hashes
+(:func:`~visionloop.lake.snapshot.write_manifest`), is renamed into
+``<table>/batch_id=<batch_id>``.
 Renames are atomic on one filesystem, and a batch interrupted between marker and renames is
 rolled forward on the next start; one interrupted before its marker is discarded. Readers
 never see a partial batch.
@@ -24,7 +26,7 @@ import pyarrow.dataset as ds
 
 from visionloop import locks
 from visionloop.lake import label_map
-from visionloop.lake.snapshot import list_table
+from visionloop.lake.snapshot import list_table, write_manifest
 from visionloop.settings import Settings
 
 #: Tables a staged batch may hold: an ingest batch its images, seed label events,
@@ -134,6 +136,7 @@ def _roll_forward(settings: Settings, batch_id: str, staging: BatchStaging) -> N
         source = staging.table(name)
         target = partition_dir(settings, name, batch_id)
         if source.exists() and not target.exists():
+            write_manifest(source)  # moves with the files: a partition never lacks it
             target.parent.mkdir(parents=True, exist_ok=True)
             source.rename(target)
     reports = settings.lake_dir / "_batches"

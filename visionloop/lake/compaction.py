@@ -28,12 +28,22 @@ import pyarrow.parquet as pq
 from visionloop.lake import commit as lake
 from visionloop.lake.batch_ids import new_batch_id
 from visionloop.lake.contract import PARTITION_COLUMN
-from visionloop.lake.snapshot import in_effect, list_table, superseded, superseded_path
+from visionloop.lake.snapshot import (
+    IMAGES,
+    LABEL_EVENTS,
+    MANIFEST,
+    in_effect,
+    list_table,
+    superseded,
+    superseded_path,
+    write_manifest,
+)
 from visionloop.lake.versions import version_key
 from visionloop.settings import Settings
 
 COMPACTED_TABLES = ("arrivals", "duplicates", "quarantine", "embeddings", "predictions")
 VERSIONED_TABLES = ("embeddings", "predictions")
+SNAPSHOT_TABLES = (IMAGES, LABEL_EVENTS)
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,23 @@ def _rewrite(files: list[Path], target: Path, settings: Settings) -> None:
                 writer.write_table(table, row_group_size=settings.parquet_row_group_rows)
 
 
+def backfill_manifests(settings: Settings) -> int:
+    """Give partitions committed before manifests existed theirs (once); returns how many.
+
+    Only the tables a snapshot describes: their files are hashed once here instead of by
+    every snapshot.
+    """
+    missing = {
+        path.parent
+        for table in SNAPSHOT_TABLES
+        for path in list_table(settings.lake_dir, table)
+        if not (path.parent / MANIFEST).exists()
+    }
+    for partition in sorted(missing):
+        write_manifest(partition)
+    return len(missing)
+
+
 def maintain(
     settings: Settings, keep_versions: dict[str, set[str]], now: datetime | None = None
 ) -> list[Compacted]:
@@ -169,6 +196,7 @@ def maintain(
     results = []
     with lake.writer(settings, "lake maintenance"):
         lake.recover(settings)
+        backfill_manifests(settings)
         for table in COMPACTED_TABLES:
             before = len(_partitions(settings, table))
             retired = 0

@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -89,14 +90,59 @@ class TableFile:
     sha256: str
 
     @classmethod
-    def describe(cls, path: Path) -> TableFile:
+    def describe(
+        cls, path: Path, manifest: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> TableFile:
+        """The file as it is now; its rows and sha256 from the partition's ``manifest``
+        (see :func:`write_manifest`) when that recorded this size, else read from the file."""
+        size = path.stat().st_size
+        recorded = (manifest or {}).get(path.name)
+        if recorded is None or recorded["size"] != size:
+            recorded = _measure(path)
         return cls(
             path=str(path),
             batch_id=path.parent.name.partition("=")[2],
-            rows=pq.ParquetFile(path).metadata.num_rows,
-            size=path.stat().st_size,
-            sha256=file_sha256(path),
+            rows=recorded["rows"],
+            size=size,
+            sha256=recorded["sha256"],
         )
+
+
+#: Per partition: each Parquet file's rows, size and sha256, recorded when it is committed,
+#: so a snapshot of the lake reads a small JSON per batch instead of every file's bytes.
+MANIFEST = "_files.json"
+
+
+def _measure(path: Path) -> dict[str, Any]:
+    return {
+        "rows": pq.ParquetFile(path).metadata.num_rows,
+        "size": path.stat().st_size,
+        "sha256": file_sha256(path),
+    }
+
+
+def write_manifest(partition: Path) -> None:
+    """Record the rows, size and sha256 of a partition's files (atomically; idempotent)."""
+    path = partition / MANIFEST
+    if path.exists():
+        return
+    manifest = {file.name: _measure(file) for file in sorted(partition.glob("*.parquet"))}
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(manifest, indent=1))
+    os.replace(temporary, path)
+
+
+def read_manifest(partition: Path) -> dict[str, dict[str, Any]]:
+    """A partition's :data:`MANIFEST` (empty for one committed before manifests existed)."""
+    path = partition / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def describe_table(lake_dir: Path, table: str) -> tuple[TableFile, ...]:
+    """The committed files of ``table``, each described from its partition's manifest."""
+    files = list_table(lake_dir, table)
+    manifests = {folder: read_manifest(folder) for folder in {path.parent for path in files}}
+    return tuple(TableFile.describe(path, manifests[path.parent]) for path in files)
 
 
 def file_sha256(path: Path) -> str:
@@ -350,9 +396,9 @@ def take(lake_dir: Path) -> LakeSnapshot:
     frozen = LakeSnapshot(
         lake_dir=str(lake_dir),
         taken_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        files=tuple(TableFile.describe(path) for path in list_table(lake_dir, IMAGES)),
+        files=describe_table(lake_dir, IMAGES),
         classes=label_map.read(lake_dir),
-        label_events=tuple(TableFile.describe(path) for path in list_table(lake_dir, LABEL_EVENTS)),
+        label_events=describe_table(lake_dir, LABEL_EVENTS),
     )
     counts, pairs = _scan(frozen)
     return dataclasses.replace(
