@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
+import psutil
 import pyarrow.dataset as ds
 import pytest
 from selenium.webdriver.common.by import By
@@ -45,6 +47,7 @@ from visionloop.labelling.handoff import HandoffResult, Outbox, send
 from visionloop.labelling.server import (
     LabelStudioUnavailableError,
     admin_password,
+    healthy,
     start,
     token,
 )
@@ -467,6 +470,49 @@ def test_class_names_needing_xml_escapes_work_in_label_studio_and_sync_back_exac
     assert len(run_sync(lake, client, project).events) == 3
     assert _lake_labels(lake) == {"i1": "a&b", "i2": "<b>", "i3": 'say "hi"'}
     assert set(classes[:3]) <= set(label_map.read(lake.lake_dir))
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigterm_stops_visionloop_label_studio_and_every_process_it_started(
+    studio, tmp_path: Path
+) -> None:
+    """As a service manager or a Prefect worker stops it: the port is free afterwards."""
+    settings, *_ = studio  # its data (migrated already), another port
+    port = _free_port()
+    labelling = settings.labelling.model_copy(update={"port": port})
+    config = settings.model_copy(update={"labelling": labelling}).save(tmp_path / "config")
+    command = [str(Path(sys.executable).parent / "visionloop"), "label-studio", "-c", str(config)]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not healthy(f"http://127.0.0.1:{port}"):
+            assert cli.poll() is None and time.monotonic() < deadline, cli.stdout.read()
+            time.sleep(1)
+        started = psutil.Process(cli.pid).children(recursive=True)
+        assert started  # label-studio and whatever it runs
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=60) == 0, cli.stdout.read()
+        psutil.wait_procs(started, timeout=10)
+        assert [p.pid for p in started if _alive(p)] == []
+        with pytest.raises(ConnectionRefusedError):  # nothing listens
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        with socket.socket() as probe:  # and a server can listen there again
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+    finally:
+        if cli.poll() is None:  # the test failed: leave nothing behind
+            started += [*psutil.Process(cli.pid).children(recursive=True), psutil.Process(cli.pid)]
+        for process in started:
+            if _alive(process):
+                process.kill()
 
 
 def _keep_queueing(box: Outbox, started: threading.Event, stop: threading.Event) -> list[str]:

@@ -12,6 +12,7 @@ file of its own. Neither is logged, saved with settings or part of the repositor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -75,7 +76,10 @@ def healthy(url: str, timeout_s: float = 2.0) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` (as Label Studio does, with SO_REUSEADDR:
+    connections of a stopped server in TIME_WAIT do not hold it)."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -111,14 +115,26 @@ class LocalServer:
     log: Path
 
     def stop(self, timeout_s: float = 30) -> None:
-        if self.process.poll() is not None:
+        """Stop the server and every process of its session (it has one of its own)."""
+        group = self.process.pid
+        if not _signal_group(group, signal.SIGTERM):
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        while _signal_group(group, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)  # children still shutting down
+        if _signal_group(group, signal.SIGKILL):
             self.process.wait()
+
+
+def _signal_group(group: int, number: int) -> bool:
+    """Send ``number`` to the process group; False when no process of it is left."""
+    try:
+        os.killpg(group, number)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def start(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> LocalServer:
@@ -150,14 +166,21 @@ def start(settings: Settings, timeout_s: float = START_TIMEOUT_S) -> LocalServer
             start_new_session=True,
         )
     server = LocalServer(process, url, log)
+    try:
+        _wait_healthy(server, timeout_s)
+    except BaseException:  # a failed start, Ctrl-C or SIGTERM while waiting: stop it
+        server.stop()
+        raise
+    return server
+
+
+def _wait_healthy(server: LocalServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while not healthy(url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            tail = log.read_text(errors="replace").splitlines()[-15:]
+    while not healthy(server.url):
+        if server.process.poll() is not None or time.monotonic() > deadline:
+            tail = server.log.read_text(errors="replace").splitlines()[-15:]
             raise LabelStudioUnavailableError(
-                f"Label Studio did not come up at {url} within {timeout_s:g} s; last log lines "
-                f"({log}):\n" + "\n".join(tail)
+                f"Label Studio did not come up at {server.url} within {timeout_s:g} s; last "
+                f"log lines ({server.log}):\n" + "\n".join(tail)
             )
         time.sleep(1)
-    return server
