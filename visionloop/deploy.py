@@ -8,12 +8,13 @@ import sys
 
 from visionloop.alerts import apply_alerts
 from visionloop.settings import Settings
-from visionloop.shipped import folder
+from visionloop.shipped import code_root, folder
 
 PREFECT_FILE = folder("visionloop.deployments") / "prefect.yaml"
-#: Where the deployments' entrypoints (``flows/nightly.py``) are: the checkout, or the
-#: installed package's folder when a worker runs from the wheel.
-CODE_ROOT = folder("visionloop.flows").parent
+#: Where ``prefect deploy`` finds the entrypoints (``flows/nightly.py``) to read the flows'
+#: parameters: the checkout, or the installed package's folder. A worker runs the flows of
+#: its own installation (the pull step ``visionloop.shipped.enter_code_root``), not these.
+CODE_ROOT = code_root()
 
 
 class DeployError(RuntimeError):
@@ -23,7 +24,6 @@ class DeployError(RuntimeError):
 def deployment_env(settings: Settings) -> dict[str, str]:
     """The environment ``prefect deploy`` renders ``deployments/prefect.yaml`` with."""
     return os.environ | {
-        "VISIONLOOP_REPO": str(CODE_ROOT),
         "VISIONLOOP_NIGHTLY_CRON": settings.nightly_cron,
         "VISIONLOOP_TIMEZONE": settings.timezone,
     }

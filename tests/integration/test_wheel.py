@@ -7,13 +7,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.wheel import CLI, install_wheel
 from visionloop.settings import REPO_ROOT, load_settings
 
 SAMPLE = REPO_ROOT / "data" / "sample" / "labelled"
@@ -29,7 +28,6 @@ SHIPPED = {
 pytestmark = pytest.mark.slow
 
 # Run as files, never ``python -c`` (pyspark exits a program whose __main__ has no file).
-CLI = "from visionloop.cli import app\n\napp()\n"
 EMBED = """import json, sys
 import visionloop
 from visionloop.flows.embed import embed
@@ -41,25 +39,11 @@ print(json.dumps({"package": visionloop.__file__, "written": result.embed.embedd
 """
 
 
-def _environment(tmp_path: Path, wheel: Path) -> Path:
-    """A fresh interpreter environment holding the wheel; it sees the installed stack (this
-    environment's third-party packages) but neither the checkout nor its editable install."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    (site / "stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site)]
-    subprocess.run([*pip, str(wheel)], check=True)
-    return venv / "bin" / "python"
-
-
-def test_the_wheel_runs_ingest_and_embedding_from_another_folder(tmp_path: Path) -> None:
-    dist = tmp_path / "dist"
-    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*build, "-w", str(dist), str(REPO_ROOT)], check=True, cwd=tmp_path)
-    (wheel,) = dist.glob("visionloop-*.whl")
+def test_the_wheel_runs_ingest_and_embedding_from_another_folder(
+    tmp_path: Path, wheel: Path
+) -> None:
     assert set(zipfile.ZipFile(wheel).namelist()) >= SHIPPED
-    python = _environment(tmp_path, wheel)
+    python = install_wheel(wheel, tmp_path / "venv")
 
     work = tmp_path / "elsewhere"
     landing = work / "landing"
