@@ -19,6 +19,7 @@ from visionloop.labelling.client import LabelStudio
 from visionloop.labelling.handoff import HandoffResult
 from visionloop.labelling.sync import SyncResult
 from visionloop.lake.compaction import Compacted
+from visionloop.lake.snapshot import with_label_events
 from visionloop.monitoring.decision import NightlyDecision, decide_night
 from visionloop.monitoring.drift import DriftCheck
 from visionloop.parameters import NightlyParameters, TrainParameters
@@ -80,6 +81,10 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> NightlyResult:
     # Spark stops a worker idle for a minute, and the leakage check can take longer.
     score_images(spark, settings, snapshot, tracking)
     embedded = index_and_check(settings, snapshot, vectors, batch_ids)
+    if embedded.leakage and embedded.leakage.exclusions:
+        # tonight's leaked copies are out of tonight's training (and hand-off), not only the
+        # next night's: the snapshot gains the exclusion events, its images stay as they were
+        snapshot = with_label_events(snapshot, [embedded.leakage.exclusions])
     version = embedded.embeddings.version
     drift = check_drift(settings, snapshot, tracking, version, batch_ids)
     trained, scored = None, None

@@ -70,7 +70,9 @@ def check_leakage(
     summary = found.summary.to_dict()
     copies = found.leaked_copies() if settings.leakage.exclude else []
     summary["excluded"] = len(copies)
-    exclude(settings, copies, by="leakage check", reason=f"copies across splits in {report}")
+    excluded = exclude(
+        settings, copies, by="leakage check", reason=f"copies across splits in {report}"
+    )
     gate = leakage_gate(settings, name, summary)
     pairs = report_url(settings, report)
     create_table_artifact(key="leakage", table=[summary], description=f"Pairs: [{pairs}]({pairs})")
@@ -79,7 +81,7 @@ def check_leakage(
     )
     emit_leakage(gate, report_url(settings, gate.data_docs))
     enforce(gate)
-    return LeakageResult(found.summary, len(copies), report, gate)
+    return LeakageResult(found.summary, len(copies), report, gate, excluded)
 
 
 @task(retries=2, retry_delay_seconds=10, cache_policy=NONE)

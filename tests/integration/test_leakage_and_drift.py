@@ -148,6 +148,9 @@ def test_planted_copies_are_found_and_distinct_images_rarely_flagged(tmp_path: P
     leaks = {frozenset((p.image_a, p.image_b)) for p in found.pairs if p.kind == LEAKAGE}
     assert len(leaks & expected) / len(expected) >= 0.9
     assert found.summary.leakage_rate >= 0.9 and found.images
+    # What the nightly excludes from training: the planted copies, never their originals.
+    copies, planted_ids = set(found.leaked_copies()), {copy["image_id"] for copy in planted}
+    assert copies <= planted_ids and len(copies) >= 0.9 * len(planted_ids)
 
 
 def _frame(settings: Settings, images: list[bytes], embed) -> pd.DataFrame:

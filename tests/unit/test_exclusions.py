@@ -8,7 +8,7 @@ from tests.lakes import tiny_lake
 from visionloop.embeddings.leakage import LeakageCheck, Pair, summarise
 from visionloop.labelling.pool import candidates
 from visionloop.lake.exclusions import exclude
-from visionloop.lake.snapshot import take
+from visionloop.lake.snapshot import take, with_label_events
 from visionloop.registry.lineage import Fingerprint, lineage_tags
 
 
@@ -27,6 +27,23 @@ def test_excluded_images_drop_out_of_training_and_the_pool(tmp_path: Path) -> No
     tags = lineage_tags(after, Fingerprint.of(after, settings, code="c"), None, "commit")
     assert tags["lineage.excluded_images"] == "2"
     assert exclude(settings, [], by="test", reason="nothing") is None
+
+
+def test_a_snapshot_gains_a_night_s_own_exclusions_and_nothing_else(tmp_path: Path) -> None:
+    # the nightly excludes leaked copies after its snapshot was taken: its training must
+    # still see them, or the next night trains again on an unchanged lake
+    settings = tiny_lake(tmp_path, labelled=60, unlabelled=20, batches=1)
+    before = take(settings.lake_dir)
+    train = next(before.labelled("train", batch_size=1000, columns=()))["image_id"]
+    tonight = exclude(settings, train[:2], by="leakage check", reason="leaked copies")
+    exclude(settings, train[2:3], by="operator", reason="committed meanwhile")
+    assert tonight is not None and with_label_events(before, []) is before
+
+    grown = with_label_events(before, [tonight])
+    assert grown.excluded == set(train[:2]) and grown.files == before.files
+    assert grown.train_rows == before.train_rows - 2
+    alone = take(settings.lake_dir)  # what a fresh snapshot sees: both exclusions
+    assert alone.train_rows == before.train_rows - 3 and alone.excluded == set(train[:3])
 
 
 def test_a_checked_batch_s_copy_of_an_image_in_another_split_is_the_one_excluded() -> None:

@@ -194,9 +194,8 @@ def check_batches(
     splits = {image_id: row["split"] for image_id, row in rows.items()}
     pairs = verified_pairs(query_ids, candidates, images, splits, settings)
     shown = {image for pair in pairs[:PAIRS_SHOWN] for image in (pair.image_a, pair.image_b)}
-    return LeakageCheck(
-        pairs, summarise(query_ids, pairs), {i: images[i] for i in shown if i in images}
-    )
+    thumbnails = {i: images[i] for i in shown if i in images}
+    return LeakageCheck(pairs, summarise(query_ids, pairs), thumbnails, tuple(query_ids))
 
 
 @dataclass(frozen=True)

@@ -26,3 +26,4 @@ class LeakageResult:
     excluded: int  # leaked copies excluded from training (leakage.exclude)
     report: Path  # the pairs, as Parquet
     gate: GateResult  # the leakage expectation (a critical failure has stopped the flow)
+    exclusions: str | None = None  # the batch of the exclusion events committed, if any

@@ -406,6 +406,24 @@ def take(lake_dir: Path) -> LakeSnapshot:
     )
 
 
+def with_label_events(snapshot: LakeSnapshot, batch_ids: Collection[str]) -> LakeSnapshot:
+    """``snapshot`` plus the label events that batches ``batch_ids`` committed after it was
+    taken (a night's own leakage exclusions, which that night's training must see), its
+    counts and training-split hash recomputed; its images and other events unchanged."""
+    wanted = set(batch_ids) - {item.batch_id for item in snapshot.label_events}
+    added = [
+        item for item in describe_table(snapshot.lake_path, LABEL_EVENTS) if item.batch_id in wanted
+    ]
+    if not added:
+        return snapshot
+    events = tuple(sorted((*snapshot.label_events, *added), key=lambda item: Path(item.path)))
+    grown = dataclasses.replace(snapshot, label_events=events)
+    counts, pairs = _scan(grown)
+    return dataclasses.replace(
+        grown, split_counts=counts, train_rows=len(pairs), train_hash=pairs_hash(pairs)
+    )
+
+
 def _scan(snapshot: LakeSnapshot) -> tuple[dict[str, SplitCounts], list[tuple[str, str]]]:
     labelled: Counter[str] = Counter()
     unlabelled: Counter[str] = Counter()
