@@ -566,7 +566,7 @@ def _ingest_lines(settings: Settings, ingested: IngestResult) -> list[str]:
             + (f", {report.archived} archived" if report.archived else ""),
             f"quality gate: {'passed' if gate.passed else 'failed'}"
             + (" (operator override)" if gate.overridden else ""),
-            f"Data Docs:          {gate.data_docs}",
+            f"Data Docs:          {gate.data_docs_url}",
             f"run settings:       {settings.runs_dir / report.batch_id / 'settings.yaml'}",
         ]
     else:

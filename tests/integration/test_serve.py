@@ -1,7 +1,8 @@
 """``make serve``'s script on a temporary home and free 127.0.0.1 ports: the MLflow UI, the
-Prefect server and worker and the reports server come up; a drift report, linked as the
-Prefect artifact and the alert link it, opens over HTTP in headless Chromium; one SIGTERM
-stops every process the script started and frees the ports."""
+Prefect server and worker and the reports server come up; a drift report and the Data Docs
+page of a batch the gate held, linked as the Prefect artifacts, the gate's message and the
+alerts link them, open over HTTP in headless Chromium; one SIGTERM stops every process the
+script started and frees the ports."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ import pytest
 
 from tests.browser import driven
 from tests.browser import wait_for as wait_in_page
+from tests.unit.test_validation import _commit, _rows, _stage
 from tests.waiting import wait_for
-from visionloop.alerts import RunRef, drift_event
+from visionloop.alerts import RunRef, batch_held_event, drift_event
 from visionloop.monitoring.drift import PREDICTED, STATISTICS, drift_report, embedding_columns, save
+from visionloop.quality.gate import run_gate
 from visionloop.settings import REPO_ROOT, Settings, load_settings
 from visionloop.web import report_url
 
@@ -75,6 +78,24 @@ def _drift_page(settings: Settings) -> str:
     return event.payload["page"]
 
 
+def _held_batch_page(settings: Settings) -> str:
+    """A batch the real gate holds (an image id already in the lake): the Data Docs page its
+    message, its ``data-docs`` artifact and its alert link."""
+    _commit(settings, "b1", _rows(range(6)))
+    _stage(settings, "b-held", _rows(range(4, 8)))
+    gate = run_gate(settings, "b-held", files_in=4, quarantined=0)
+    assert not gate.passed
+    page = gate.data_docs_url
+    assert page == report_url(settings, gate.data_docs)  # what publish_ingest_report links
+    assert f"Data Docs: {page}" in gate.message and "file://" not in gate.message
+    assert str(settings.data_home) not in gate.message  # no local path to open
+    event = batch_held_event(
+        gate, settings.lake_dir / "_held" / "b-held", page, RunRef(None, "t", None)
+    )
+    assert event.payload["page"] == page
+    return page
+
+
 def _alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -91,6 +112,8 @@ def test_serve_shows_the_reports_and_stops_everything_on_sigterm(tmp_path: Path)
     )
     page = _drift_page(settings)
     assert page.startswith(f"{reports}/drift/")
+    docs = _held_batch_page(settings)
+    assert docs.startswith(f"{reports}/data-docs/validations/images_table/")
     env = os.environ | {
         "VISIONLOOP_DATA_HOME": str(settings.data_home),
         "VISIONLOOP_WEB__REPORTS_URL": reports,
@@ -125,6 +148,12 @@ def test_serve_shows_the_reports_and_stops_everything_on_sigterm(tmp_path: Path)
             )
             assert "Drift in embeddings 'embedding'" in text, text[:500]
             assert "Data drift detected. Drift detection method: mmd" in text, text[:500]
+            browser.get(docs)  # the held batch's Data Docs page, from the gate's message
+            text = wait_in_page(
+                browser, "const t = document.body.innerText; return t.includes('b-held') && t;"
+            )
+            assert "images_table" in text and "ids_in_other_files" in text, text[:800]
+            assert "404" not in browser.title, browser.title
             browser.get(mlflow)
             assert wait_in_page(browser, "return document.title.includes('MLflow');")
 

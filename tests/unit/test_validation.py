@@ -28,6 +28,7 @@ from visionloop.quality.aggregates import (
 )
 from visionloop.quality.gate import QualityGateError, enforce, run_gate, split_bounds
 from visionloop.settings import Settings, SplitFractions, load_settings
+from visionloop.web import report_url
 
 
 @cache
@@ -159,9 +160,14 @@ def test_duplicate_id_fails_critically_until_an_operator_accepts_it(tmp_path: Pa
     with pytest.raises(QualityGateError) as raised:
         enforce(result)
     message = str(raised.value)
-    assert f"images_table (Data Docs: {result.data_docs})" in message
+    # The pages are quoted as their addresses on the reports server, never as local paths.
+    page = report_url(settings, result.data_docs)
+    assert page.startswith(f"{settings.web.reports_url}/data-docs/validations/images_table/")
+    assert result.data_docs_url == page and f"images_table (Data Docs: {page})" in message
+    assert f"All results: {report_url(settings, result.pages['index'])}" in message
+    assert str(settings.data_home) not in message and "file://" not in message
     assert "- expect_column_values_to_be_between(ids_in_other_files): image_id is unique" in message
-    assert str(result.data_docs) in message and "--accept-failing-batch" in message
+    assert f"Data Docs: {page}" in message and "--accept-failing-batch" in message
 
     accepted = run_gate(settings, "b2", files_in=4, quarantined=0, accept_failing_batch=True)
     enforce(accepted)

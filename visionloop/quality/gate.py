@@ -43,6 +43,7 @@ from visionloop.quality.expectations import (
     validate,
 )
 from visionloop.settings import Settings
+from visionloop.web import report_url
 
 BATCH_SUITE, TABLE_SUITE, STATS_SUITE = "images_batch", "images_table", "images_stats"
 SUITES = (BATCH_SUITE, TABLE_SUITE, STATS_SUITE)
@@ -54,7 +55,12 @@ OVERRIDE_HINT = (
 
 @dataclass(frozen=True)
 class GateResult:
-    """The outcomes of every suite, where Data Docs shows them, and whether an override applied."""
+    """The outcomes of every suite, where Data Docs shows them, and whether an override applied.
+
+    ``data_docs`` and ``pages`` are the files (under the published reports folder);
+    ``links`` holds each page's address on the reports server (``web.reports_url``), which is
+    what the message quotes: a path only opens on the machine that wrote it.
+    """
 
     outcomes: list[ExpectationOutcome]
     data_docs: Path
@@ -62,6 +68,7 @@ class GateResult:
     batch_id: str = ""
     pages: dict[str, Path] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # page -> its http:// address
     hint: str = OVERRIDE_HINT  # what an operator can do about a failure
 
     @property
@@ -77,6 +84,15 @@ class GateResult:
         """No critical expectation failed, or an operator accepted the failures."""
         return self.overridden or not self.critical_failures
 
+    def link(self, page: Path) -> str:
+        """The address of ``page`` on the reports server (the path when none is known)."""
+        named = {path: self.links[key] for key, path in self.pages.items() if key in self.links}
+        return named.get(page, str(page))
+
+    @property
+    def data_docs_url(self) -> str:
+        return self.link(self.data_docs)
+
     @property
     def message(self) -> str:
         """Empty when nothing critical failed; otherwise names failures, Data Docs and the fix."""
@@ -90,7 +106,9 @@ class GateResult:
         )
         lines = [head]
         for suite in dict.fromkeys(outcome.suite for outcome in failures):
-            lines.append(f"  {suite} (Data Docs: {self.pages.get(suite, self.data_docs)})")
+            lines.append(
+                f"  {suite} (Data Docs: {self.link(self.pages.get(suite, self.data_docs))})"
+            )
             lines.extend(
                 f"    - {o.expectation}{f'({o.column})' if o.column else ''}: "
                 f"{o.description}; observed {o.observed}"
@@ -99,9 +117,9 @@ class GateResult:
             )
         if self.warnings:
             lines.append(f"  ({len(self.warnings)} warning(s) recorded)")
-        lines.append(f"Data Docs: {self.data_docs}")
+        lines.append(f"Data Docs: {self.data_docs_url}")
         if "index" in self.pages:
-            lines.append(f"All results: {self.pages['index']}")
+            lines.append(f"All results: {self.link(self.pages['index'])}")
         if not self.overridden:
             lines.append(self.hint)
         return "\n".join(lines)
@@ -120,6 +138,7 @@ class GateResult:
             "warnings": len(self.warnings),
             "message": self.message,
             "data_docs": str(self.data_docs),
+            "data_docs_url": self.data_docs_url,
             "pages": {suite: str(page) for suite, page in self.pages.items()},
             "stats": self.stats,
             "outcomes": self.summary_rows(),
@@ -266,6 +285,7 @@ def run_gate(
         overridden=accept_failing_batch and bool(failing),
         batch_id=batch_id,
         pages=pages,
+        links=_links(settings, pages),
         stats={
             **{key: None if math.isnan(value) else value for key, value in stats.items()},
             "batch_rows": len(batch),
@@ -278,6 +298,11 @@ def run_gate(
     )
     _record(settings, result)
     return result
+
+
+def _links(settings: Settings, pages: Mapping[str, Path]) -> dict[str, str]:
+    """Each Data Docs page's address on the reports server (they are built under it)."""
+    return {key: report_url(settings, page) for key, page in pages.items()}
 
 
 def _record(settings: Settings, result: GateResult) -> Path:
@@ -310,6 +335,7 @@ def leakage_gate(settings: Settings, run_name: str, summary: dict[str, Any]) -> 
         overridden=False,
         batch_id=run_name,
         pages=pages,
+        links=_links(settings, pages),
         stats=summary,
         hint="The batch's leaked copies are excluded from training already (label events, "
         "see the pairs in the leakage report); exclude more with `visionloop exclude IMAGE_ID "
