@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.spark_cluster import free_port
-from tests.waiting import wait_for
+from tests.waiting import stop_group, wait_for
 
 WEED = Path(sys.executable).parent / "weed"
 START_S = 60
@@ -103,10 +102,4 @@ def s3_server(home: Path, bucket: str = "visionloop") -> Iterator[S3Server]:
         wait_for(lambda: _ready(server), START_S, f"SeaweedFS serving S3 (log in {home})", process)
         yield server
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(process, timeout_s=30)

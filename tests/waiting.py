@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -26,3 +28,16 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} (waited {timeout_s:g} s)")
         time.sleep(POLL_S)
+
+
+def stop_group(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM to ``process``'s group (started with ``start_new_session``), SIGKILL after
+    ``timeout_s``: what a test started stops with every process of it."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -36,6 +36,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from scripts.simulate_annotators import annotator_token
+from tests import waiting
 from tests.browser import driven, wait_for
 from tests.integration.test_train_flow import TINY_TRAINING
 from visionloop.flows.labelling import handoff, sync_labels
@@ -491,10 +492,8 @@ def test_sigterm_stops_visionloop_label_studio_and_every_process_it_started(
     cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     started: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 300
-        while not healthy(f"http://127.0.0.1:{port}"):
-            assert cli.poll() is None and time.monotonic() < deadline, cli.stdout.read()
-            time.sleep(1)
+        url = f"http://127.0.0.1:{port}"
+        waiting.wait_for(lambda: healthy(url), 300, f"visionloop label-studio at {url}", cli)
         started = psutil.Process(cli.pid).children(recursive=True)
         assert started  # label-studio and whatever it runs
         cli.send_signal(signal.SIGTERM)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.sorting import LogSort
 
 from tests.prefect_server import prefect_server
-from tests.waiting import wait_for
+from tests.waiting import stop_group, wait_for
 from tests.wheel import CLI, install_wheel
 from visionloop.lake import commit as lake
 from visionloop.settings import REPO_ROOT, Settings, load_settings
@@ -89,15 +88,9 @@ def _start_worker(python: Path, folder: Path, environment: dict[str, str]) -> su
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the process group (a worker and its flow runs), SIGKILL after 10 s: an idle
+    """The process group (a worker and its flow runs); SIGKILL after 10 s, as an idle
     Prefect 3.8.8 worker ignores SIGTERM."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_group(process, timeout_s=10)
 
 
 def _logs(client, run_id: UUID) -> list[tuple[datetime, str]]:
