@@ -355,8 +355,11 @@ def label_studio(config: ConfigOption = None) -> None:
     from visionloop.labelling.server import start
 
     for number in (signal.SIGTERM, signal.SIGHUP):  # a service manager or worker stops us
-        signal.signal(number, signal.default_int_handler)  # as Ctrl-C: the server stops too
-    server = _run(lambda: start(settings))
+        signal.signal(number, _raise_stopped)
+    try:
+        server = _run(lambda: start(settings))  # stops its server itself if interrupted
+    except _Stopped:
+        return  # asked to stop while starting: nothing is left running, a clean exit
     typer.echo(
         f"Label Studio: {server.url} (log in as {settings.labelling.admin_email}; unless set in "
         f"the settings the password is in {settings.secrets_dir / 'label-studio-password'}, the "
@@ -364,10 +367,18 @@ def label_studio(config: ConfigOption = None) -> None:
     )
     try:
         server.process.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         pass
     finally:
         server.stop()
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived: stop like Ctrl-C, but exit 0 as a service manager expects."""
+
+
+def _raise_stopped(number: int, frame: object) -> None:
+    raise _Stopped(signal.Signals(number).name)
 
 
 @app.command()
