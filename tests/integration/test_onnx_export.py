@@ -137,6 +137,9 @@ def test_onnx_export_gives_the_torch_models_answers_on_test_split_and_raw_files(
         if model.name == ONNX_MODEL_NAME_IN_RUN
     ]
     assert len(onnx_models) == 1
+    # An output of the run (what its page in the MLflow UI lists), linked once.
+    outputs = client.get_run(run_id).outputs.model_outputs
+    assert [output.model_id for output in outputs] == [exported.model_id]
 
 
 def test_tf_efficientnet_lite0_exports_with_a_dynamic_batch(tmp_path: Path) -> None:

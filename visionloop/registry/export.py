@@ -18,7 +18,9 @@ logged beside its pyfunc (another LoggedModel of the same run):
 Nothing is logged unless the export passes a parity check against the version's torch pyfunc
 on the images given (the snapshot's test split in the flow): probabilities within
 :data:`PARITY_ATOL` and identical labels. The version and its run are tagged ``onnx.*``, so a
-second call returns the first export (a retried task or a rerun logs nothing twice).
+second call returns the first export (a retried task or a rerun logs nothing twice). The
+logged model is an output of the run (``run.outputs.model_outputs``), which the run's page in
+the MLflow UI lists.
 """
 
 from __future__ import annotations
@@ -328,6 +330,7 @@ def export_version(
     :class:`ExportParityError`, logging nothing, when the ONNX model disagrees.
     """
     if not force and (earlier := exported(tracking, version)) is not None:
+        _link_output(tracking, version, earlier.model_id)  # an export from before the link
         return earlier
     if not images:
         raise ValueError("the parity check needs at least one image")
@@ -377,7 +380,21 @@ def _log(tracking: Tracking, version: str, local: Path, temperature: float) -> t
         client.finalize_logged_model(logged.model_id, "FAILED")
         raise
     client.finalize_logged_model(logged.model_id, "READY")
+    _link_output(tracking, version, logged.model_id)
     return logged.model_id, logged.artifact_location
+
+
+def _link_output(tracking: Tracking, version: str, model_id: str) -> None:
+    """Record the logged model as an output of the version's run (once), so the run's page
+    in the MLflow UI lists it under its logged models."""
+    from mlflow.entities import LoggedModelOutput
+
+    client = tracking.client
+    run_id = client.get_model_version(tracking.model_name, version).run_id
+    outputs = client.get_run(run_id).outputs
+    if any(output.model_id == model_id for output in (outputs.model_outputs if outputs else [])):
+        return
+    client.log_outputs(run_id, [LoggedModelOutput(model_id, step=0)])
 
 
 def export_registered(
