@@ -31,8 +31,9 @@ from benchmarks.common import write_result
 from visionloop.embeddings import fingerprints
 from visionloop.embeddings.embedder import embedder_source
 from visionloop.embeddings.index import LakeIndexes, VectorIndex, spectrum_factory
-from visionloop.embeddings.leakage import Candidates, Pair, candidates_of, verified_pairs
+from visionloop.embeddings.leakage import Pair, candidates_of, verified_pairs
 from visionloop.embeddings.vectors import Vectors
+from visionloop.embeddings.verify import Candidates
 from visionloop.ingest.samples import load_part
 from visionloop.preprocessing import image_options, process_image_bytes
 from visionloop.settings import Settings, load_settings

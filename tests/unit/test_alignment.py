@@ -19,7 +19,7 @@ def _shifted(image: Image.Image, dx: int, dy: int) -> bytes:
 
 def _scores(copies: list[bytes], originals: list[bytes]) -> np.ndarray:
     """The fine similarity at the coarse alignment (-1 below the coarse floor)."""
-    thumbs = [alignment.thumbnails(data) for data in copies + originals]
+    thumbs = [alignment.thumbnails(alignment.blurred(data)) for data in copies + originals]
     n = len(copies)
     found = alignment.coarse_alignments(alignment.prepare(thumbs), range(n), range(n, 2 * n))
     return np.array(

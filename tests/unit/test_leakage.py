@@ -8,9 +8,10 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from tests.lakes import fashion_mnist
-from visionloop.embeddings import fingerprints
-from visionloop.embeddings.leakage import LEAKAGE, NEAR_DUPLICATE, find_pairs, summarise
+from visionloop.embeddings import fingerprints, verify
+from visionloop.embeddings.leakage import LEAKAGE, NEAR_DUPLICATE, Pair, summarise
 from visionloop.preprocessing import ImageOptions, process_image_bytes
+from visionloop.settings import LeakageSettings
 
 OPTIONS = ImageOptions(size=64, image_format="PNG")
 
@@ -21,23 +22,36 @@ def _stored(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
     return process_image_bytes(buffer.getvalue(), OPTIONS).image
 
 
-def test_pairs_above_the_threshold_once_each_with_their_kind() -> None:
-    scores = {frozenset(("a", "b")): 0.99, frozenset(("a", "c")): 0.5, frozenset(("b", "d")): 0.98}
-    splits = {"a": "train", "b": "test", "c": "train", "d": "test"}
-    pairs = find_pairs(
-        ["a", "b"],
-        [{"b", "c", "a"}, {"a", "d"}],
-        lambda x, y: scores[frozenset((x, y))],
-        splits,
-        threshold=0.95,
-    )
-    assert [(p.image_a, p.image_b, p.kind) for p in pairs] == [
-        ("a", "b", LEAKAGE),
-        ("b", "d", NEAR_DUPLICATE),
-    ]
+def test_a_pair_across_splits_is_leakage_and_the_summary_counts_checked_images_once() -> None:
+    pairs = [Pair("a", "b", "train", "test", 0.99), Pair("b", "d", "test", "test", 0.98)]
+    assert [p.kind for p in pairs] == [LEAKAGE, NEAR_DUPLICATE]
     summary = summarise(["a", "b", "e"], pairs)
     assert (summary.images, summary.leaked_images, summary.leakage_rate) == (3, 2, 2 / 3)
     assert (summary.leakage_pairs, summary.near_duplicate_pairs) == (1, 1)
+
+
+def test_verification_finds_each_copy_once_in_chunks_and_no_distinct_pair(monkeypatch) -> None:
+    """Queries with copies among many candidates (each query also a candidate of the other):
+    the same pairs whatever the chunk sizes, once each, the fine check capped per query."""
+    pixels, _ = fashion_mnist(60)
+    originals = [Image.fromarray(image).convert("RGB") for image in pixels]
+    images = {f"o{n}": _stored(image) for n, image in enumerate(originals)}
+    shifted = originals[0].transform((28, 28), Image.Transform.AFFINE, (1, 0, -2, 0, 1, 0))
+    copies = {"q-crop": _stored(originals[1].crop((2, 2, 26, 26))), "q-shift": _stored(shifted)}
+    images |= copies
+    everything = frozenset(images)
+    candidates = [verify.Candidates(everything, everything) for _ in copies]
+    settings = LeakageSettings(fine_checks=2)
+
+    def found() -> list[tuple[str, str]]:
+        pairs = verify.verified_pairs(list(copies), candidates, images, settings)
+        return [(pair.a, pair.b) for pair in pairs]
+
+    whole = found()
+    assert sorted(whole) == [("o0", "q-shift"), ("o1", "q-crop")]
+    for name, size in (("CHUNK", 7), ("ALIGNED_CHUNK", 5), ("PAIRS_CHUNK", 3)):
+        monkeypatch.setattr(verify, name, size)
+    assert found() == whole
 
 
 def test_fingerprints_see_through_resizing_jpeg_brightness_and_crops() -> None:

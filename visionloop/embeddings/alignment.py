@@ -37,6 +37,7 @@ BLUR = 1.0  # Gaussian radius at the stored size, coarse step
 FINE_BLUR = 1.2  # Gaussian radius at the stored size, fine step
 ZOOMS = (1.08, 1.17, 1.27)  # crops of 1, 2 or 3 pixels of a 28-pixel image
 ANGLES = (3.0, -3.0, 6.0, -6.0)  # degrees
+VARIANTS = 1 + len(ZOOMS) + len(ANGLES)  # plain, zooms, angles
 MAX_SHIFT = 8  # thumbnail pixels, either way
 MIN_OVERLAP = 0.7  # of the frame
 COARSE_FLOOR = 0.98  # coarse score from which a pair gets the fine check
@@ -58,40 +59,38 @@ class Alignment:
     dx: float
 
 
-def thumbnails(data: bytes) -> np.ndarray:
-    """``(1 + zooms + angles, SIDE, SIDE)`` grey levels (uint8); row 0 is the plain one."""
-    grey = _blurred(data, BLUR)
+def thumbnails(grey: Image.Image) -> np.ndarray:
+    """``(1 + zooms + angles, SIDE, SIDE)`` grey levels (uint8) of a :func:`blurred` stored
+    image; row 0 is the plain one."""
     thumb = (SIDE, SIDE)
-    rows = [turns[0].resize(thumb, Image.Resampling.BILINEAR) for turns in _variants(grey, (0,))]
+    rows = [
+        _variant(grey, variant, (0,))[0].resize(thumb, Image.Resampling.BILINEAR)
+        for variant in range(VARIANTS)
+    ]
     return np.stack([np.asarray(row) for row in rows])
 
 
 def plain_thumbnail(data: bytes) -> np.ndarray:
     """Row 0 of :func:`thumbnails` alone, as float32 grey levels in [0, 1]."""
-    thumb = _blurred(data, BLUR).resize((SIDE, SIDE), Image.Resampling.BILINEAR)
+    thumb = blurred(data).resize((SIDE, SIDE), Image.Resampling.BILINEAR)
     return np.asarray(thumb).astype(np.float32) / 255
 
 
-def _blurred(data: bytes, radius: float) -> Image.Image:
+def blurred(data: bytes, radius: float = BLUR) -> Image.Image:
+    """The stored image's grey levels, Gaussian-blurred by ``radius`` stored pixels."""
     return decode_stored(data).convert("L").filter(ImageFilter.GaussianBlur(radius))
 
 
-def _variants(grey: Image.Image, turns: Sequence[float]) -> list[list[Image.Image]]:
-    """Per variant of :func:`thumbnails` (plain, zooms, angles), at the stored size: the
-    image turned by each of ``turns`` (zooms: the image alone)."""
-    size = grey.size[0]
-
-    def turned(angle: float) -> list[Image.Image]:
-        return [
-            grey.rotate(angle + t, Image.Resampling.BICUBIC) if angle + t else grey for t in turns
-        ]
-
-    zoomed = []
-    for zoom in ZOOMS:
-        start = (size - size / zoom) / 2
+def _variant(grey: Image.Image, variant: int, turns: Sequence[float]) -> list[Image.Image]:
+    """Variant ``variant`` of :func:`thumbnails` (plain, zooms, angles) at the stored size,
+    turned by each of ``turns`` (a zoom: the image alone)."""
+    if 1 <= variant <= len(ZOOMS):
+        size = grey.size[0]
+        start = (size - size / ZOOMS[variant - 1]) / 2
         box = (start, start, size - start, size - start)
-        zoomed.append([grey.resize(grey.size, Image.Resampling.BICUBIC, box=box)])
-    return [turned(0.0), *zoomed, *(turned(angle) for angle in ANGLES)]
+        return [grey.resize(grey.size, Image.Resampling.BICUBIC, box=box)]
+    angle = ANGLES[variant - 1 - len(ZOOMS)] if variant else 0.0
+    return [grey.rotate(angle + t, Image.Resampling.BICUBIC) if angle + t else grey for t in turns]
 
 
 @dataclass(frozen=True)
@@ -143,10 +142,10 @@ def fine_similarity(first: bytes, second: bytes, alignment: Alignment) -> float:
     """The masked NCC of two stored images at the stored resolution, at ``alignment`` and
     its neighbours (:data:`FINE_SHIFTS`, :data:`FINE_TURNS`): the best, in [-1, 1]."""
     moved, fixed = (second, first) if alignment.swapped else (first, second)
-    target = np.asarray(_blurred(fixed, FINE_BLUR), np.float32)
+    target = np.asarray(blurred(fixed, FINE_BLUR), np.float32)
     scale = target.shape[0] / SIDE
     best = -1.0
-    for image in _variants(_blurred(moved, FINE_BLUR), FINE_TURNS)[alignment.variant]:
+    for image in _variant(blurred(moved, FINE_BLUR), alignment.variant, FINE_TURNS):
         for ddy in FINE_SHIFTS:
             for ddx in FINE_SHIFTS:
                 shift = (alignment.dx * scale + ddx, alignment.dy * scale + ddy)

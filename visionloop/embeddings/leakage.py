@@ -4,28 +4,26 @@ Two images that show the same picture (resized, re-encoded, brightened, cropped 
 pixels ...) across train/val/test are **leakage**: the test split no longer measures
 generalisation. Within one split they are **near-duplicates**. For each image checked,
 candidates are its ``leakage.neighbours`` nearest images by embedding (the similar-image
-index) and by pixel spectrum (the spectrum index beside it). A candidate is a
-copy when the fixed-position fingerprint similarity of the two (resized, re-encoded,
-brightened, cropped copies; :mod:`visionloop.embeddings.fingerprints`) reaches
-``leakage.threshold``, or, for the ``leakage.aligned_neighbours`` nearest by each, when
-their similarity at the best shift and rotation (shifted and rotated copies;
-:mod:`visionloop.embeddings.alignment`, dearer) reaches ``leakage.aligned_threshold``.
-:func:`candidates_of` and :func:`verified_pairs` are the two steps over in-memory data
-(``benchmarks/leakage.py`` measures them on Fashion-MNIST); :func:`find_pairs` is pure.
+index) and by pixel spectrum (the spectrum index beside it). Which candidates
+are copies is decided by pixels (:mod:`visionloop.embeddings.verify`): at a fixed position
+for all of them, at their best shift and rotation for the ``leakage.aligned_neighbours``
+nearest by each index. :func:`candidates_of` and :func:`verified_pairs` are the two steps
+over in-memory data (``benchmarks/leakage.py`` measures them on Fashion-MNIST).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from visionloop.embeddings import alignment, fingerprints
+from visionloop.embeddings import verify
 from visionloop.embeddings.index import LakeIndexes, VectorIndex
+from visionloop.embeddings.verify import Candidates
 from visionloop.lake.snapshot import LakeSnapshot, row_groups
 from visionloop.preprocessing import decode_stored
 from visionloop.settings import LeakageSettings
@@ -57,31 +55,6 @@ class Pair:
     @property
     def kind(self) -> str:
         return LEAKAGE if self.split_a != self.split_b else NEAR_DUPLICATE
-
-
-def find_pairs(
-    query_ids: Sequence[str],
-    neighbours: Sequence[Collection[str]],
-    similarity: Callable[[str, str], float],
-    splits: Mapping[str, str],
-    threshold: float,
-) -> list[Pair]:
-    """Pairs of (query, candidate) at or above ``threshold``, each unordered pair once.
-
-    ``neighbours[i]`` are the candidates of ``query_ids[i]``. Sorted by similarity, highest
-    first.
-    """
-    found: dict[tuple[str, str], Pair] = {}
-    for query, candidates in zip(query_ids, neighbours, strict=True):
-        for other in candidates:
-            key = (min(query, other), max(query, other))
-            if other == query or key in found:
-                continue
-            score = similarity(query, other)
-            if score >= threshold:
-                a, b = key
-                found[key] = Pair(a, b, splits[a], splits[b], score)
-    return sorted(found.values(), key=lambda pair: -pair.similarity)
 
 
 @dataclass(frozen=True)
@@ -198,15 +171,6 @@ def check_batches(
     return LeakageCheck(pairs, summarise(query_ids, pairs), thumbnails, tuple(query_ids))
 
 
-@dataclass(frozen=True)
-class Candidates:
-    """One image's candidates: all are checked by the fixed-position fingerprint, the
-    ``closest`` (a subset) also at their best alignment."""
-
-    nearest: frozenset[str]
-    closest: frozenset[str]
-
-
 def candidates_of(
     query_ids: Sequence[str], indexes: LakeIndexes, settings: LeakageSettings
 ) -> list[Candidates]:
@@ -231,54 +195,9 @@ def verified_pairs(
     splits: Mapping[str, str],
     settings: LeakageSettings,
 ) -> list[Pair]:
-    """The candidate pairs whose :func:`fingerprints.similarity` reaches ``threshold``, and
-    the closest whose :func:`alignment.similarities` reaches ``aligned_threshold``."""
-    variants = {image_id: fingerprints.variants(data) for image_id, data in images.items()}
-
-    def similarity(a: str, b: str) -> float:
-        return fingerprints.similarity(variants[a], variants[b])
-
-    nearest = [c.nearest for c in candidates]
-    fixed = find_pairs(query_ids, nearest, similarity, splits, settings.threshold)
-    found = {(pair.image_a, pair.image_b) for pair in fixed}
-    unaligned = {
-        (min(query, other), max(query, other))
-        for query, c in zip(query_ids, candidates, strict=True)
-        for other in c.closest
-        if other != query
-    }
-    aligned = _aligned_pairs(sorted(unaligned - found), images, splits, settings.aligned_threshold)
-    return sorted(fixed + aligned, key=lambda pair: -pair.similarity)
-
-
-def _aligned_pairs(
-    keys: Sequence[tuple[str, str]],
-    images: Mapping[str, bytes],
-    splits: Mapping[str, str],
-    threshold: float,
-    chunk: int = 256,
-) -> list[Pair]:
-    """The pairs of ``keys`` whose fine aligned similarity reaches ``threshold`` (those
-    whose coarse alignment scores :data:`alignment.COARSE_FLOOR` get the fine check); a
-    ``chunk`` of pairs at a time, each image of a chunk prepared once (its thumbnails, 8 KB,
-    made once for the whole check)."""
-    thumbs = {i: alignment.thumbnails(images[i]) for i in sorted({i for key in keys for i in key})}
-    pairs = []
-    for start in range(0, len(keys), chunk):
-        part = keys[start : start + chunk]
-        involved = sorted({image for key in part for image in key})
-        prepared = alignment.prepare([thumbs[i] for i in involved])
-        position = {image: n for n, image in enumerate(involved)}
-        found = alignment.coarse_alignments(
-            prepared, [position[a] for a, _ in part], [position[b] for _, b in part]
-        )
-        for (a, b), coarse in zip(part, found, strict=True):
-            if coarse.score < alignment.COARSE_FLOOR:
-                continue
-            score = alignment.fine_similarity(images[a], images[b], coarse)
-            if score >= threshold:
-                pairs.append(Pair(a, b, splits[a], splits[b], score))
-    return pairs
+    """The candidate pairs that are copies (:func:`verify.verified_pairs`), with their splits."""
+    found = verify.verified_pairs(query_ids, candidates, images, settings)
+    return [Pair(p.a, p.b, splits[p.a], splits[p.b], p.similarity) for p in found]
 
 
 def nearest(index: VectorIndex, query_ids: Sequence[str], k: int) -> dict[str, list[str]]:
