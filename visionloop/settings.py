@@ -296,7 +296,7 @@ class LeakageSettings(BaseModel):
         16, ge=0, description="nearest candidates per image, from each index, checked aligned"
     )
     fine_checks: int = Field(
-        4, ge=1, description="per image: its best coarse alignments that get the fine check"
+        8, ge=1, description="per image: its best coarse alignments that get the fine check"
     )
     max_leakage_rate: float = Field(0.01, ge=0, le=1)
     severity: Literal["warning", "critical"] = "warning"

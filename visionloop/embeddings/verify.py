@@ -108,7 +108,8 @@ def verified_pairs(
         aligned += [(q, o) for o in ids for q in work[o].aligned if _key(q, o) not in known]
         thumbnails.update(part.thumbnails)
     coarse = _coarse(thumbnails, sorted(aligned))  # by query: a chunk's pairs share images
-    return sorted(found + _fine(coarse, images, settings), key=lambda pair: -pair.similarity)
+    fine = _fine(coarse, images, set(queries), settings)
+    return sorted(found + fine, key=lambda pair: -pair.similarity)
 
 
 def _plan(query_ids: Sequence[str], candidates: Sequence[Candidates]) -> dict[str, _Work]:
@@ -176,17 +177,22 @@ def _coarse(
 def _fine(
     coarse: Mapping[tuple[str, str], alignment.Alignment],
     images: Mapping[str, bytes],
+    queries: set[str],
     settings: LeakageSettings,
 ) -> list[Verified]:
-    """Of each query's coarsely aligned pairs, the ``fine_checks`` best, checked at the stored
-    resolution: those reaching ``aligned_threshold``."""
+    """The coarsely aligned pairs among the ``fine_checks`` best of a query they involve
+    (either image, if both are queries), checked at the stored resolution: those reaching
+    ``aligned_threshold``."""
     per_query: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for pair in sorted(coarse, key=lambda pair: -coarse[pair].score):
-        per_query[pair[0]].append(pair)
+        for image_id in {image_id for image_id in pair if image_id in queries}:
+            per_query[image_id].append(pair)
+    chosen = sorted(
+        {pair for pairs in per_query.values() for pair in pairs[: settings.fine_checks]}
+    )
     found = []
-    for pairs in per_query.values():
-        for first, second in pairs[: settings.fine_checks]:
-            score = alignment.fine_similarity(images[first], images[second], coarse[first, second])
-            if score >= settings.aligned_threshold:
-                found.append(Verified(*_key(first, second), score))
+    for first, second in chosen:
+        score = alignment.fine_similarity(images[first], images[second], coarse[first, second])
+        if score >= settings.aligned_threshold:
+            found.append(Verified(*_key(first, second), score))
     return found
