@@ -7,9 +7,10 @@ resized, re-encoded, brightened, cropped copies) reaches ``leakage.threshold``, 
 (:mod:`visionloop.embeddings.alignment`: shifted and rotated copies) reaches
 ``leakage.aligned_threshold``. The aligned check is a cascade itself: every closest pair
 gets the coarse alignment (by FFT, many pairs at once); of the pairs scoring
-:data:`alignment.COARSE_FLOOR`, each query's ``leakage.fine_checks`` best get the dearer fine
-check at the stored resolution, so the number of fine checks follows the night, not how
-crowded the lake is around its images.
+:data:`alignment.COARSE_FLOOR`, those of two of the night's images and each query's
+``leakage.fine_checks`` best with lake images get the dearer fine check at the stored
+resolution, so the number of fine checks follows the night, not how crowded the lake is
+around its images.
 
 One pass over the candidates, :data:`CHUNK` images at a time: each image is decoded and
 blurred once for both checks, and its fingerprint variants are dropped after its chunk (the
@@ -180,18 +181,19 @@ def _fine(
     queries: set[str],
     settings: LeakageSettings,
 ) -> list[Verified]:
-    """The coarsely aligned pairs among the ``fine_checks`` best of a query they involve
-    (either image, if both are queries), checked at the stored resolution: those reaching
-    ``aligned_threshold``."""
-    per_query: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    """The coarsely aligned pairs checked at the stored resolution: those reaching
+    ``aligned_threshold``. Every pair of two queries is checked (the night's own copies of
+    each other); of a query's pairs with lake images, its ``fine_checks`` best."""
+    chosen, per_query = set(), defaultdict(list)
     for pair in sorted(coarse, key=lambda pair: -coarse[pair].score):
-        for image_id in {image_id for image_id in pair if image_id in queries}:
-            per_query[image_id].append(pair)
-    chosen = sorted(
-        {pair for pairs in per_query.values() for pair in pairs[: settings.fine_checks]}
-    )
+        first, second = pair
+        if second in queries:
+            chosen.add(pair)
+        else:
+            per_query[first].append(pair)
+    chosen.update(pair for pairs in per_query.values() for pair in pairs[: settings.fine_checks])
     found = []
-    for first, second in chosen:
+    for first, second in sorted(chosen):
         score = alignment.fine_similarity(images[first], images[second], coarse[first, second])
         if score >= settings.aligned_threshold:
             found.append(Verified(*_key(first, second), score))
