@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tests.spark_cluster import free_port
+from tests.local import free_port
 from tests.waiting import wait_for
 
 PREFECT = Path(sys.executable).parent / "prefect"

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.spark_cluster import free_port
+from tests.local import free_port
 from tests.waiting import stop_group, wait_for
 
 WEED = Path(sys.executable).parent / "weed"

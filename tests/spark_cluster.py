@@ -15,18 +15,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.local import free_port
 from tests.waiting import wait_for
 
 BIN = Path(sys.executable).parent
 SPARK_CLASS = BIN / "spark-class"
 CONNECT_SERVER = "org.apache.spark.sql.connect.service.SparkConnectServer"
 START_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,6 +18,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from tests.local import answers, free_port
 from tests.waiting import wait_for
 from visionloop.alerts import (
     ALERTS,
@@ -51,24 +50,10 @@ PAGES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        urllib.request.urlopen(f"{url}/health", timeout=2)
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def prefect_api(tmp_path: Path) -> Iterator[str]:
     """A Prefect server on a free 127.0.0.1 port with its own home, the API of this test."""
-    api = f"http://127.0.0.1:{_free_port()}/api"
+    api = f"http://127.0.0.1:{free_port()}/api"
     env = os.environ | {
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_API_URL": api,
@@ -82,7 +67,7 @@ def prefect_api(tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: _healthy(api), 180, "Prefect server healthy", server)
+        wait_for(lambda: answers(f"{api}/health", 2), 180, "Prefect server healthy", server)
         with temporary_settings(updates={PREFECT_API_URL: api}):
             yield api
     finally:

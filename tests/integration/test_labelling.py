@@ -39,6 +39,7 @@ from scripts.simulate_annotators import annotator_token
 from tests import waiting
 from tests.browser import driven, wait_for
 from tests.integration.test_train_flow import TINY_TRAINING
+from tests.local import free_port
 from visionloop.flows.labelling import handoff, sync_labels
 from visionloop.flows.nightly import nightly
 from visionloop.flows.score import score
@@ -69,12 +70,6 @@ pytestmark = pytest.mark.slow
 BUDGET = 12
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _landing(root: Path) -> Path:
     """Two classes, 50 labelled images each, and 60 unlabelled ones of those classes."""
     for label in ("trouser", "bag"):
@@ -99,7 +94,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory):
         training=TINY_TRAINING,
         promotion={"first_model_floor": 0.0},
         embeddings={"input_size": 32},
-        labelling={"port": _free_port(), "budget": BUDGET},
+        labelling={"port": free_port(), "budget": BUDGET},
     )
     config = settings.save(root / "config")
     server = start(settings)
@@ -263,7 +258,7 @@ def test_reruns_and_a_retry_after_a_partial_import_create_no_second_task(loop) -
 
 def test_an_outage_keeps_tasks_in_the_outbox_until_the_next_run(loop) -> None:
     settings, config, *_ = loop
-    down_config = _config_with(settings, config, "down", url=f"http://127.0.0.1:{_free_port()}")
+    down_config = _config_with(settings, config, "down", url=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(LabelStudioUnavailableError, match="unreachable"):
         _handoff(down_config, 4)
     waiting = outbox(settings).pending_ids()
@@ -487,7 +482,7 @@ def test_sigterm_stops_visionloop_label_studio_and_every_process_it_started(
     """As a service manager or a Prefect worker stops it, at once or later: it exits 0 and the
     port is free afterwards."""
     settings, *_ = studio  # its data (migrated already), another port
-    port = _free_port()
+    port = free_port()
     labelling = settings.labelling.model_copy(update={"port": port})
     config = settings.model_copy(update={"labelling": labelling}).save(tmp_path / "config")
     command = [str(Path(sys.executable).parent / "visionloop"), "label-studio", "-c", str(config)]
@@ -576,7 +571,7 @@ def test_the_open_queue_stops_at_its_cap_and_says_what_it_held_back(loop) -> Non
 
     # Label Studio down: the tasks it holds still count, so the outbox does not grow.
     down = _config_with(
-        settings, config, "capped-down", max_open_tasks=8, url=f"http://127.0.0.1:{_free_port()}"
+        settings, config, "capped-down", max_open_tasks=8, url=f"http://127.0.0.1:{free_port()}"
     )
     with pytest.raises(LabelStudioUnavailableError, match="unreachable"):
         _handoff(down, 6)

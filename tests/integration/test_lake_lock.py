@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from tests.local import free_port
 from tests.prefect_server import prefect_server
-from tests.spark_cluster import free_port
 from tests.waiting import wait_for
 from visionloop.lake import commit as lake
 from visionloop.locks import LockBusyError

@@ -20,8 +20,8 @@ import pytest
 
 from tests.integration.test_registry import _register, _rows, _settings, make_checkpoint
 from tests.lakes import commit_rows
+from tests.local import free_port
 from tests.s3_server import S3Server, s3_server
-from tests.spark_cluster import free_port
 from tests.waiting import wait_for
 from visionloop.lake.snapshot import take
 from visionloop.registry.promotion import promote

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from tests.browser import driven
 from tests.browser import wait_for as wait_in_page
 from tests.integration.test_onnx_export import SIZE, _registered
 from tests.integration.test_tune_flow import TINY_TRAINING
+from tests.local import answers, free_port
 from tests.waiting import stop_group, wait_for
 from visionloop.flows.tune import tune
 from visionloop.parameters import TuneParameters
@@ -79,25 +78,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def ui(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mlflow ui`` on the store, as scripts/serve starts it; its whole process group (the
     server and the huey workers it starts) stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     folder = tmp_path_factory.mktemp("mlflow-ui-cwd")
     log = folder / "mlflow-ui.log"
     mlflow = Path(sys.executable).with_name("mlflow")
@@ -109,7 +94,7 @@ def ui(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _answers(f"{url}/health"), UP_S, "MLflow UI answers", server)
+        wait_for(lambda: answers(f"{url}/health"), UP_S, "MLflow UI answers", server)
         yield url
     finally:
         stop_group(server, STOP_S)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import psutil
 import pytest
 
 from tests.lakes import tiny_lake
+from tests.local import free_port
 from tests.waiting import wait_for
 from visionloop.lake.snapshot import take
 from visionloop.registry.challenger import Challenger, plan_training, train_challenger
@@ -29,12 +29,6 @@ from visionloop.settings import DistributedSettings, Settings
 from visionloop.training import checkpoint as ckpt
 from visionloop.training.config import RunPaths
 from visionloop.training.launch import build_torchrun_command
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -127,7 +121,7 @@ def _agent_of(join: subprocess.Popen) -> psutil.Process:
 def test_two_nodes_train_resume_after_a_node_is_killed_and_register_once(
     tmp_path: Path,
 ) -> None:
-    settings = _settings(tmp_path / "home", _free_port())
+    settings = _settings(tmp_path / "home", free_port())
     tracking = Tracking.connect(settings)
     snapshot = take(settings.lake_dir)
     plan = plan_training(tracking, settings, snapshot, force=True)

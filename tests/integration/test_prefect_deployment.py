@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from tests.browser import render
+from tests.local import free_port
 from visionloop.parameters import (
     SAMPLE_DIR,
     DriftParameters,
@@ -34,12 +34,6 @@ from visionloop.settings import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
@@ -66,7 +60,7 @@ def _stop(process: subprocess.Popen) -> None:
 @pytest.fixture
 def prefect_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A Prefect server on a free 127.0.0.1 port with its own home; stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     env = os.environ | {
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 
 from tests.browser import driven
 from tests.browser import wait_for as wait_in_page
+from tests.local import answers, free_port
 from tests.unit.test_validation import _commit, _rows, _stage
 from tests.waiting import wait_for
 from visionloop.alerts import RunRef, batch_held_event, drift_event
@@ -34,12 +34,6 @@ PARTS = "mlflow reports prefect worker"
 UP_S, STOP_S = 300, 90
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _port_free(port: int) -> bool:
     """Whether a server could listen on ``port`` now (as servers do, past TIME_WAIT
     connections the browser left: only a listening socket stands in the way)."""
@@ -50,14 +44,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _embeddings(rows: int, shift: float, seed: int) -> pd.DataFrame:
@@ -104,7 +90,7 @@ def _alive(process: psutil.Process) -> bool:
 
 
 def test_serve_shows_the_reports_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
-    ports = {name: _free_port() for name in ("reports", "mlflow", "prefect")}
+    ports = {name: free_port() for name in ("reports", "mlflow", "prefect")}
     reports, mlflow = (f"http://127.0.0.1:{ports[name]}" for name in ("reports", "mlflow"))
     api = f"http://127.0.0.1:{ports['prefect']}/api"
     settings = load_settings(
@@ -138,8 +124,8 @@ def test_serve_shows_the_reports_and_stops_everything_on_sigterm(tmp_path: Path)
         commands = " | ".join(" ".join(p.cmdline()) for p in started)
         for piece in ("mlflow ui", "http.server", "prefect server start", "prefect worker start"):
             assert piece in commands, commands
-        wait_for(lambda: _answers(f"{mlflow}/health"), 60, "MLflow UI answers", serve)
-        assert _answers(f"{api}/health")
+        wait_for(lambda: answers(f"{mlflow}/health"), 60, "MLflow UI answers", serve)
+        assert answers(f"{api}/health")
 
         with driven() as browser:
             browser.get(page)  # the link the artifact and the alert carry

@@ -117,14 +117,11 @@ def spectrum(data: bytes) -> np.ndarray:
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Of two images' :func:`variants`: the best match of either's zooms with the other's plain
     thumbnail (so a crop matches its original whichever of the two came first)."""
-    return float(max((a @ b[0]).max(), (b @ a[0]).max()))
+    return float(similarities(a[None], b[None])[0])
 
 
-def best_matches(queries: Sequence[np.ndarray], candidates: Sequence[np.ndarray]) -> np.ndarray:
-    """Pairwise :func:`similarity` of each query with each candidate, ``(Q, C)``."""
-    if not queries or not candidates:
-        return np.zeros((len(queries), len(candidates)), np.float32)
-    q, c = np.stack(queries), np.stack(candidates)  # (Q, V, D), (C, V, D)
-    forward = np.einsum("qvd,cd->qcv", q, c[:, 0]).max(axis=2)
-    backward = np.einsum("cvd,qd->qcv", c, q[:, 0]).max(axis=2)
+def similarities(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """:func:`similarity` of each pair ``(first[p], second[p])`` of variants, ``(P,)``."""
+    forward = np.einsum("pvd,pd->pv", first, second[:, 0]).max(axis=1)
+    backward = np.einsum("pvd,pd->pv", second, first[:, 0]).max(axis=1)
     return np.maximum(forward, backward)

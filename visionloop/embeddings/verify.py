@@ -141,9 +141,7 @@ def _fixed(
         chunk = pairs[start : start + PAIRS_CHUNK]
         q = query.variants[[query.position[first] for first, _ in chunk]]
         c = part.variants[[part.position[second] for _, second in chunk]]
-        forward = np.einsum("pvd,pd->pv", q, c[:, 0]).max(axis=1)
-        backward = np.einsum("pvd,pd->pv", c, q[:, 0]).max(axis=1)
-        scores = np.maximum(forward, backward)
+        scores = fingerprints.similarities(q, c)
         found += [
             Verified(*_key(first, second), float(score))
             for (first, second), score in zip(chunk, scores, strict=True)
