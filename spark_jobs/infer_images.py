@@ -7,7 +7,15 @@ this embedder or model version, go through ``mapInArrow`` to the Python workers;
 loads the model once (and keeps it: Spark reuses Python workers) and writes its rows as
 Parquet itself; the rows are committed atomically as one batch of the table. So the job is
 incremental by (image, version), scales out with the cluster, and runs ``local[*]`` by
-default. Called in-process with the nightly's one Spark session, or standalone::
+default.
+
+Each committed batch report names the image partitions (ingest batches, never rewritten) it
+covered, so a night reads only the partitions no run of this version covered yet, and compares
+no ids: the cost follows the night's images, not the lake. Partitions written before reports
+named their coverage are compared by id (an anti-join with the version's rows) by the next
+run, which then records that it did.
+
+Called in-process with the nightly's one Spark session, or standalone::
 
     spark-submit spark_jobs/infer_images.py embed|score [--config settings.yaml]
 
@@ -32,7 +40,7 @@ from pyspark.sql import functions as F
 
 from visionloop.lake import commit as lake
 from visionloop.lake.snapshot import LakeSnapshot
-from visionloop.lake.versions import version_files, versioned_batch_id
+from visionloop.lake.versions import version_files, version_key, versioned_batch_id
 from visionloop.lake.writers import ParquetSink, write_through
 from visionloop.settings import Settings, load_settings
 from visionloop.spark import parallelism, spark_session
@@ -80,24 +88,62 @@ def infer_partition(
     return write_through(outputs, [sink])
 
 
-def done_ids(spark: SparkSession, settings: Settings, inference: Inference):
-    """Image ids that already have a row of this version (a DataFrame), or None."""
+@dataclass(frozen=True)
+class Coverage:
+    """What earlier runs of one version did: the image partitions they covered, and whether
+    rows from runs that did not record theirs may lie outside them (then ids are compared)."""
+
+    batches: frozenset[str]
+    unrecorded: bool
+
+
+def coverage(lake_dir: Path, inference: Inference) -> Coverage:
+    """The coverage of ``inference``'s version, from its committed batch reports (oldest
+    first): a report without ``covered`` predates the record, and the next run that compared
+    ids (``compared``) accounted for every row before it."""
+    key = f"-{inference.table}-{version_key(inference.version)}-"
+    files = version_files(lake_dir, inference.table, inference.version)
+    recorded = all(key in path.parent.name for path in files)  # unnamed partitions are older
+    covered: set[str] = set()
+    for report in sorted((lake_dir / "_batches").glob(f"*{key}*.json")):
+        record = json.loads(report.read_text())
+        if "compacted" in record:  # rows rewritten from batches whose reports remain
+            continue
+        if "covered" not in record:
+            recorded = False
+            continue
+        covered.update(record["covered"])
+        recorded |= record.get("compared", False)
+    return Coverage(frozenset(covered), unrecorded=not recorded)
+
+
+def done_ids(spark: SparkSession, settings: Settings, inference: Inference) -> DataFrame:
+    """Image ids that already have a row of this version."""
     files = version_files(settings.lake_dir, inference.table, inference.version)
-    if not files:
-        return None
     table = spark.read.parquet(*[str(path) for path in files])
     return table.filter(F.col(inference.version_column) == inference.version).select("image_id")
 
 
-def todo_images(spark: SparkSession, snapshot: LakeSnapshot, done: DataFrame | None) -> DataFrame:
-    """``image_id, image`` of the snapshot's images without a row; only the files that hold
-    such images are read past their id column, so a night reads the bytes it embeds."""
-    ids = spark.read.parquet(*snapshot.paths).select("image_id", F.input_file_name().alias("file"))
-    if done is not None:
-        ids = ids.join(done, "image_id", "left_anti")
+def todo_images(
+    spark: SparkSession,
+    settings: Settings,
+    snapshot: LakeSnapshot,
+    inference: Inference,
+    done: Coverage,
+) -> DataFrame:
+    """``image_id, image`` of the snapshot's images without a row of this version: those of
+    the partitions no run covered, so a night reads the bytes it embeds and no more."""
+    paths = [item.path for item in snapshot.files if item.batch_id not in done.batches]
+    empty = spark.createDataFrame([], "image_id string, image binary")
+    if not paths:
+        return empty
+    if not done.unrecorded:
+        return spark.read.parquet(*paths).select("image_id", "image")
+    ids = spark.read.parquet(*paths).select("image_id", F.input_file_name().alias("file"))
+    ids = ids.join(done_ids(spark, settings, inference), "image_id", "left_anti")
     files = [row.file for row in ids.select("file").distinct().collect()]
     if not files:
-        return spark.createDataFrame([], "image_id string, image binary")
+        return empty
     images = spark.read.parquet(*files).select("image_id", "image")
     return images.join(ids.select("image_id"), "image_id", "left_semi")
 
@@ -111,15 +157,22 @@ class InferenceReport:
     version_column: str  # embedder_version or model_version, as in the table
     version: str
     snapshot_id: str
+    covered: tuple[str, ...] = ()  # the snapshot's image partitions: each has its rows now
+    compared: bool = False  # whether ids were compared with the version's rows (see coverage)
     written: int = 0
 
     def record(self) -> dict[str, Any]:
         """The batch report committed with the rows (``_batches/<batch_id>.json``)."""
+        return {**self.summary(), "covered": list(self.covered), "compared": self.compared}
+
+    def summary(self) -> dict[str, Any]:
+        """The report without the covered partitions' ids (for artifacts and logs)."""
         return {
             "batch_id": self.batch_id,
             "table": self.table,
             self.version_column: self.version,
             "snapshot_id": self.snapshot_id,
+            "covered_partitions": len(self.covered),
             "written": self.written,
         }
 
@@ -130,13 +183,20 @@ def run_inference(
     """Commit ``inference``'s rows for the snapshot's images that lack them; the batch report."""
     batch_id = versioned_batch_id(inference.table, inference.version)
     report = InferenceReport(
-        batch_id, inference.table, inference.version_column, inference.version, snapshot.id
+        batch_id,
+        inference.table,
+        inference.version_column,
+        inference.version,
+        snapshot.id,
+        covered=tuple(snapshot.batch_rows),
     )
     if not snapshot.files:
         return report
     with lake.writer(settings, f"{inference.table} {inference.version}"):
         lake.recover(settings)
-        todo = todo_images(spark, snapshot, done_ids(spark, settings, inference))
+        done = coverage(settings.lake_dir, inference)
+        report = replace(report, compared=done.unrecorded)
+        todo = todo_images(spark, settings, snapshot, inference, done)
         staging = lake.stage(settings, batch_id)
         body = functools.partial(
             infer_partition,
@@ -147,7 +207,7 @@ def run_inference(
         partitions = settings.spark_partitions or 2 * parallelism(spark)
         written = todo.repartition(partitions).mapInArrow(body, WRITTEN_DDL).collect()
         report = replace(report, written=sum(row["rows"] for row in written))
-        if report.written:
+        if report.written or report.compared:  # a comparison is recorded once, rows or not
             lake.commit(settings, batch_id, report.record())
         else:
             lake.discard(settings, batch_id)
@@ -179,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     spark = spark_session(settings, f"visionloop-{args.job}")
     report = run_inference(spark, settings, take(settings.lake_dir), job)
-    print(json.dumps(report.record(), indent=2))
+    print(json.dumps(report.summary(), indent=2))
 
 
 if __name__ == "__main__":

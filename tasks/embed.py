@@ -38,7 +38,7 @@ def embed_images(
     report = run_inference(spark, settings, snapshot, job)
     create_table_artifact(
         key="embeddings",
-        table=[{"measure": key, "value": str(value)} for key, value in report.record().items()],
+        table=[{"measure": key, "value": str(value)} for key, value in report.summary().items()],
         description=f"Embeddings, version {job.version}",
     )
     get_run_logger().info("embedded %d images (%s)", report.written, job.version)

@@ -27,7 +27,7 @@ def score_images(
     report = run_inference(spark, settings, snapshot, job)
     create_table_artifact(
         key="scoring",
-        table=[{"measure": key, "value": str(value)} for key, value in report.record().items()],
+        table=[{"measure": key, "value": str(value)} for key, value in report.summary().items()],
         description=f"Predictions of {job.model_name} v{job.model_version}",
     )
     return report

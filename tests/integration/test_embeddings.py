@@ -8,6 +8,7 @@ file offline store reading the lake's Parquet.
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,12 +25,13 @@ from visionloop.embeddings import fingerprints
 from visionloop.embeddings.embedder import EmbedderSource, embedding_job
 from visionloop.embeddings.vectors import read_vectors
 from visionloop.lake import commit as lake
+from visionloop.lake.compaction import compact_table
 from visionloop.lake.label_events import ANNOTATOR, event_id, events_table
 from visionloop.lake.snapshot import take
 from visionloop.preprocessing import image_options
 from visionloop.registry.scoring import ScoringJob
 from visionloop.registry.served_model import model_files, save_model
-from visionloop.spark_jobs.infer_images import run_inference
+from visionloop.spark_jobs.infer_images import coverage, run_inference, todo_images
 from visionloop.training.models import create_model, model_spec
 
 pytestmark = pytest.mark.slow
@@ -79,6 +81,49 @@ def test_embeddings_are_incremental_by_image_and_version(spark, settings) -> Non
     here = source.build().embed([image["image"]])[0]
     stored = read_vectors(settings.lake_dir, job.version, image_ids=[image["image_id"]])
     np.testing.assert_allclose(stored.matrix[0], here, rtol=1e-4, atol=1e-4)
+
+
+def test_a_run_reads_only_the_image_partitions_no_run_of_its_version_covered(
+    spark, tmp_path: Path
+) -> None:
+    settings = tiny_lake(
+        tmp_path / "home",
+        labelled=40,
+        unlabelled=0,
+        size=32,
+        spark_master="local[2]",
+        lake_maintenance={"min_files": 2},
+    )
+    job = embedding_job(
+        settings, EmbedderSource("tf_efficientnet_lite0", "packaged", 32, image_options(settings))
+    )
+    first = run_inference(spark, settings, take(settings.lake_dir), job)
+    assert set(first.covered) == {"b0", "b1"} and not first.compared
+    assert first.summary()["covered_partitions"] == 2
+
+    new_files = commit_rows(settings, image_rows(10, size=32, offset=3000), batch_id="later")
+    snapshot = take(settings.lake_dir)
+    done = coverage(settings.lake_dir, job)
+    assert done.batches == {"b0", "b1"} and not done.unrecorded
+    read = todo_images(spark, settings, snapshot, job, done).inputFiles()
+    assert sorted(Path(uri).name for uri in read) == sorted(path.name for path in new_files)
+    assert run_inference(spark, settings, snapshot, job).written == 10
+
+    compact_table(settings, "embeddings", datetime.now(UTC))  # rows rewritten, reports kept
+    assert coverage(settings.lake_dir, job).batches == {"b0", "b1", "later"}
+
+    # Reports from before coverage was recorded: the next run compares ids, once.
+    for path in (settings.lake_dir / "_batches").glob("*-embeddings-*.json"):
+        record = json.loads(path.read_text())
+        record.pop("covered", None)
+        path.write_text(json.dumps(record))
+    commit_rows(settings, image_rows(5, size=32, offset=4000), batch_id="latest")
+    assert coverage(settings.lake_dir, job) == type(done)(frozenset(), unrecorded=True)
+    compared = run_inference(spark, settings, take(settings.lake_dir), job)
+    assert compared.written == 5 and compared.compared  # none of the 50 embedded twice
+    assert not coverage(settings.lake_dir, job).unrecorded
+    vectors = read_vectors(settings.lake_dir, job.version)
+    assert len(vectors) == len(set(vectors.ids)) == take(settings.lake_dir).rows
 
 
 def _served_model(settings, directory: Path) -> Path:
