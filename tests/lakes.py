@@ -25,6 +25,7 @@ from visionloop.ingest.samples import CLASS_NAMES, load_part
 from visionloop.lake import commit as lake
 from visionloop.lake.contract import IMAGES_SCHEMA, split_for
 from visionloop.lake.label_events import seed_events
+from visionloop.preprocessing import ImageOptions, process_image_bytes
 from visionloop.settings import Settings, SplitFractions, load_settings
 
 FASHION_CLASSES = CLASS_NAMES
@@ -54,6 +55,13 @@ def encode_png(pixels: np.ndarray, size: int) -> bytes:
     buffer = io.BytesIO()
     to_rgb_image(pixels, size).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def stored_image(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
+    """``image`` saved as ``fmt``, then as the ingest job stores it (64 px PNG)."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return process_image_bytes(buffer.getvalue(), ImageOptions(size=64, image_format="PNG")).image
 
 
 def image_rows(

@@ -19,8 +19,8 @@ import pytest
 
 from tests.browser import driven
 from tests.browser import wait_for as wait_in_page
+from tests.gate_rows import commit_gate_rows, gate_rows, stage_gate_rows
 from tests.local import answers, free_port
-from tests.unit.test_validation import _commit, _rows, _stage
 from tests.waiting import wait_for
 from visionloop.alerts import RunRef, batch_held_event, drift_event
 from visionloop.monitoring.drift import PREDICTED, STATISTICS, drift_report, embedding_columns, save
@@ -67,8 +67,8 @@ def _drift_page(settings: Settings) -> str:
 def _held_batch_page(settings: Settings) -> str:
     """A batch the real gate holds (an image id already in the lake): the Data Docs page its
     message, its ``data-docs`` artifact and its alert link."""
-    _commit(settings, "b1", _rows(range(6)))
-    _stage(settings, "b-held", _rows(range(4, 8)))
+    commit_gate_rows(settings, "b1", gate_rows(range(6)))
+    stage_gate_rows(settings, "b-held", gate_rows(range(4, 8)))
     gate = run_gate(settings, "b-held", files_in=4, quarantined=0)
     assert not gate.passed
     page = gate.data_docs_url

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from tests.lakes import fashion_mnist
-from tests.unit.test_leakage import _stored
+from tests.lakes import fashion_mnist, stored_image
 from visionloop.embeddings import alignment, fingerprints
 from visionloop.settings import LeakageSettings
 
@@ -14,7 +13,7 @@ THRESHOLD = LeakageSettings().aligned_threshold
 
 
 def _shifted(image: Image.Image, dx: int, dy: int) -> bytes:
-    return _stored(image.transform(image.size, Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy)))
+    return stored_image(image.transform(image.size, Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy)))
 
 
 def _scores(copies: list[bytes], originals: list[bytes]) -> np.ndarray:
@@ -35,10 +34,10 @@ def _scores(copies: list[bytes], originals: list[bytes]) -> np.ndarray:
 def test_copies_shifted_by_two_pixels_or_rotated_three_degrees_match_their_originals() -> None:
     pixels, _ = fashion_mnist(20)
     images = [Image.fromarray(image).convert("RGB") for image in pixels]
-    originals = [_stored(image) for image in images]
+    originals = [stored_image(image) for image in images]
     shifted = [_shifted(image, 2, -2 if n % 2 else 2) for n, image in enumerate(images)]
     rotated = [
-        _stored(image.rotate(3 if n % 2 else -3, Image.Resampling.BILINEAR))
+        stored_image(image.rotate(3 if n % 2 else -3, Image.Resampling.BILINEAR))
         for n, image in enumerate(images)
     ]
     # the fixed-position fingerprint misses them: the reason the aligned check exists
@@ -56,7 +55,7 @@ def test_copies_shifted_by_two_pixels_or_rotated_three_degrees_match_their_origi
 def test_the_stored_search_key_barely_moves_when_the_picture_shifts() -> None:
     pixels, _ = fashion_mnist(30)
     images = [Image.fromarray(image).convert("RGB") for image in pixels]
-    keys = np.stack([fingerprints.spectrum(_stored(image)) for image in images])
+    keys = np.stack([fingerprints.spectrum(stored_image(image)) for image in images])
     shifted = np.stack([fingerprints.spectrum(_shifted(image, 3, 1)) for image in images[:10]])
     assert keys.shape[1] == fingerprints.SPECTRUM_SIZE
     nearest = (shifted @ keys.T).argmax(axis=1)

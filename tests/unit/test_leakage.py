@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from tests.lakes import fashion_mnist
+from tests.lakes import fashion_mnist, stored_image
 from visionloop.embeddings import fingerprints, verify
 from visionloop.embeddings.leakage import LEAKAGE, NEAR_DUPLICATE, Pair, summarise
-from visionloop.preprocessing import ImageOptions, process_image_bytes
 from visionloop.settings import LeakageSettings
-
-OPTIONS = ImageOptions(size=64, image_format="PNG")
-
-
-def _stored(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return process_image_bytes(buffer.getvalue(), OPTIONS).image
 
 
 def test_a_pair_across_splits_is_leakage_and_the_summary_counts_checked_images_once() -> None:
@@ -35,9 +24,12 @@ def test_verification_finds_each_copy_once_in_chunks_and_no_distinct_pair(monkey
     the same pairs whatever the chunk sizes, once each, the fine check capped per query."""
     pixels, _ = fashion_mnist(60)
     originals = [Image.fromarray(image).convert("RGB") for image in pixels]
-    images = {f"o{n}": _stored(image) for n, image in enumerate(originals)}
+    images = {f"o{n}": stored_image(image) for n, image in enumerate(originals)}
     shifted = originals[0].transform((28, 28), Image.Transform.AFFINE, (1, 0, -2, 0, 1, 0))
-    copies = {"q-crop": _stored(originals[1].crop((2, 2, 26, 26))), "q-shift": _stored(shifted)}
+    copies = {
+        "q-crop": stored_image(originals[1].crop((2, 2, 26, 26))),
+        "q-shift": stored_image(shifted),
+    }
     images |= copies
     everything = frozenset(images)
     candidates = [verify.Candidates(everything, everything) for _ in copies]
@@ -58,17 +50,17 @@ def test_fingerprints_see_through_resizing_jpeg_brightness_and_crops() -> None:
     pixels, _ = fashion_mnist(40)
     originals = [Image.fromarray(image).convert("RGB") for image in pixels]
     for number, image in enumerate(originals[:10]):
-        source = fingerprints.variants(_stored(image))
+        source = fingerprints.variants(stored_image(image))
         copies = {
-            "resized": _stored(image.resize((56, 56))),
-            "jpeg": _stored(image, "JPEG", quality=20),
-            "brightened": _stored(ImageEnhance.Brightness(image).enhance(1.3)),
-            "cropped": _stored(image.crop((2, 2, 26, 26))),
+            "resized": stored_image(image.resize((56, 56))),
+            "jpeg": stored_image(image, "JPEG", quality=20),
+            "brightened": stored_image(ImageEnhance.Brightness(image).enhance(1.3)),
+            "cropped": stored_image(image.crop((2, 2, 26, 26))),
         }
         for name, copy in copies.items():
             score = fingerprints.similarity(source, fingerprints.variants(copy))
             assert score >= 0.99, (number, name, score)
-    others = [fingerprints.variants(_stored(image)) for image in originals[10:]]
+    others = [fingerprints.variants(stored_image(image)) for image in originals[10:]]
     pairs = [(a, b) for a in others[:10] for b in others[10:]]
     distinct = fingerprints.similarities(*map(np.stack, zip(*pairs, strict=True)))
     assert np.median(distinct) < 0.9  # different garments are far apart

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
+from tests.gate_rows import (
+    commit_gate_rows,
+    gate_rows,
+    image_id_of,
+    stage_gate_rows,
+    tiny_png,
+    write_gate_rows,
+)
 from visionloop.lake import commit as lake
-from visionloop.lake.contract import IMAGES_SCHEMA, split_for
 from visionloop.lake.label_events import ANNOTATOR, event_id, events_table
 from visionloop.quality.aggregates import (
     STATS_FILE,
@@ -27,61 +29,8 @@ from visionloop.quality.aggregates import (
     table_file_stats,
 )
 from visionloop.quality.gate import QualityGateError, enforce, run_gate, split_bounds
-from visionloop.settings import Settings, SplitFractions, load_settings
+from visionloop.settings import load_settings
 from visionloop.web import report_url
-
-
-@cache
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (4, 4), (200, 30, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _image_id(index: int) -> str:
-    return hashlib.sha256(f"image-{index}".encode()).hexdigest()
-
-
-def _rows(
-    ids: range, labels: tuple[str | None, ...] = ("cat", "dog"), **fields: Any
-) -> list[dict[str, Any]]:
-    now = datetime(2024, 1, 1, tzinfo=UTC)
-    rows = []
-    for index in ids:
-        image_id = _image_id(index)
-        label = labels[index % len(labels)]
-        row = {
-            "image_id": image_id,
-            "image": _png(),
-            "image_format": "PNG",
-            "label": label,
-            "label_source": "seed" if label else None,
-            "annotator": None,
-            "labelled_at": now if label else None,
-            "split": split_for(image_id, SplitFractions()),
-            "width": 32,
-            "height": 24,
-            "mode": "RGB",
-            "source_format": "PNG",
-            "source_uri": f"file:///landing/{index}.png",
-            "ingested_at": now,
-        }
-        rows.append(row | fields)
-    return rows
-
-
-def _write(directory: Path, rows: list[dict[str, Any]], row_group_size: int = 1024) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA)
-    pq.write_table(table, directory / "part-0.parquet", row_group_size=row_group_size)
-
-
-def _commit(settings: Settings, batch_id: str, rows: list[dict[str, Any]]) -> None:
-    _write(settings.images_dir / f"batch_id={batch_id}", rows)
-
-
-def _stage(settings: Settings, batch_id: str, rows: list[dict[str, Any]]) -> None:
-    _write(settings.staging_dir / batch_id / "images", rows)
 
 
 def _failed(result, severity: str = "critical") -> set[tuple[str, str, str | None]]:
@@ -91,19 +40,19 @@ def _failed(result, severity: str = "critical") -> set[tuple[str, str, str | Non
 
 def test_batch_frame_has_lengths_not_bytes(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path)
-    _write(settings.images_dir / "batch_id=b1", _rows(range(3)), row_group_size=1)
+    write_gate_rows(settings.images_dir / "batch_id=b1", gate_rows(range(3)), row_group_size=1)
     frame = batch_frame(sorted((settings.images_dir / "batch_id=b1").glob("*.parquet")), "b1")
     assert list(frame.columns) == batch_columns()
-    assert frame["image_nbytes"].tolist() == [len(_png())] * 3
+    assert frame["image_nbytes"].tolist() == [len(tiny_png())] * 3
     assert frame["batch_id"].tolist() == ["b1"] * 3
     assert list(batch_frame([], "none").columns) == batch_columns()
 
 
 def test_table_is_read_as_one_row_of_aggregates_per_file(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path)
-    _write(settings.images_dir / "batch_id=b1", _rows(range(3)), row_group_size=1)
-    _commit(settings, "b2", _rows(range(3, 5), width=7))
-    _stage(settings, "b3", _rows(range(4, 7), labels=(None,)))  # id 4 is in b2 already
+    write_gate_rows(settings.images_dir / "batch_id=b1", gate_rows(range(3)), row_group_size=1)
+    commit_gate_rows(settings, "b2", gate_rows(range(3, 5), width=7))
+    stage_gate_rows(settings, "b3", gate_rows(range(4, 7), labels=(None,)))  # id 4 is in b2 already
     stats = table_file_stats(settings, "b3")
     frame = stats.frame({"cat"})
     assert frame["batch_id"].tolist() == ["b1", "b2", "b3"]
@@ -125,8 +74,8 @@ def test_split_tolerance_widens_for_small_samples() -> None:
 
 def test_clean_batch_passes_and_rare_class_is_a_warning(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path)
-    _commit(settings, "b1", _rows(range(8)))
-    _stage(settings, "b2", _rows(range(8, 12)))
+    commit_gate_rows(settings, "b1", gate_rows(range(8)))
+    stage_gate_rows(settings, "b2", gate_rows(range(8, 12)))
     result = run_gate(settings, "b2", files_in=5, quarantined=1)
     enforce(result)
     assert result.passed and not result.overridden and not result.critical_failures
@@ -149,8 +98,8 @@ def test_clean_batch_passes_and_rare_class_is_a_warning(tmp_path: Path) -> None:
 
 def test_duplicate_id_fails_critically_until_an_operator_accepts_it(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
-    _commit(settings, "b1", _rows(range(6)))
-    _stage(settings, "b2", _rows(range(4, 8)))
+    commit_gate_rows(settings, "b1", gate_rows(range(6)))
+    stage_gate_rows(settings, "b2", gate_rows(range(4, 8)))
     result = run_gate(settings, "b2", files_in=4, quarantined=0)
     assert not result.passed
     assert _failed(result) == {
@@ -180,8 +129,8 @@ def test_duplicate_id_fails_critically_until_an_operator_accepts_it(tmp_path: Pa
 
 def test_unexpected_label_is_a_warning_unless_classes_are_configured(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
-    _commit(settings, "b1", _rows(range(6)))
-    _stage(settings, "b2", _rows(range(6, 9), labels=("bird", None)))
+    commit_gate_rows(settings, "b1", gate_rows(range(6)))
+    stage_gate_rows(settings, "b2", gate_rows(range(6, 9), labels=("bird", None)))
     open_set = run_gate(settings, "b2", files_in=3, quarantined=0)
     assert open_set.passed
     label_check = ("images_batch", "expect_column_values_to_be_in_set", "label")
@@ -197,7 +146,7 @@ def test_unexpected_label_is_a_warning_unless_classes_are_configured(tmp_path: P
 
 def test_width_out_of_range_fails(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
-    _stage(settings, "b1", _rows(range(4)) + _rows(range(4, 5), width=4))
+    stage_gate_rows(settings, "b1", gate_rows(range(4)) + gate_rows(range(4, 5), width=4))
     result = run_gate(settings, "b1", files_in=5, quarantined=0)
     between = "expect_column_values_to_be_between"
     assert _failed(result) == {
@@ -210,8 +159,8 @@ def test_width_out_of_range_fails(tmp_path: Path) -> None:
 
 def test_skewed_splits_fail_on_a_large_table_not_a_small_batch(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
-    _commit(settings, "b1", _rows(range(400), split="train"))
-    _stage(settings, "b2", _rows(range(400, 408), split="train"))
+    commit_gate_rows(settings, "b1", gate_rows(range(400), split="train"))
+    stage_gate_rows(settings, "b2", gate_rows(range(400, 408), split="train"))
     result = run_gate(settings, "b2", files_in=8, quarantined=0)
     failed = {o.column for o in result.critical_failures}
     assert failed == {"table_train_fraction", "table_val_fraction", "table_test_fraction"}
@@ -221,7 +170,7 @@ def test_skewed_splits_fail_on_a_large_table_not_a_small_batch(tmp_path: Path) -
 
 def test_quarantine_rate_over_threshold_fails(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
-    _stage(settings, "b1", _rows(range(4)))
+    stage_gate_rows(settings, "b1", gate_rows(range(4)))
     result = run_gate(settings, "b1", files_in=10, quarantined=6)
     assert _failed(result) == {
         ("images_stats", "expect_column_values_to_be_between", "quarantine_rate")
@@ -245,7 +194,7 @@ def test_committed_batches_are_read_as_stored_aggregates_never_their_images(
     tmp_path: Path,
 ) -> None:
     settings = load_settings(data_home=tmp_path, quality={"min_class_count": 0})
-    _stage(settings, "b1", _rows(range(8)))
+    stage_gate_rows(settings, "b1", gate_rows(range(8)))
     enforce(run_gate(settings, "b1", files_in=8, quarantined=0))
     assert (settings.staging_dir / "b1" / STATS_TABLE / STATS_FILE).is_file()
     lake.commit(settings, "b1", {"batch_id": "b1"})
@@ -255,7 +204,7 @@ def test_committed_batches_are_read_as_stored_aggregates_never_their_images(
     with pytest.raises(OSError):  # the committed images cannot be read any more ...
         pq.read_table(committed, columns=["image"])
 
-    _stage(settings, "b2", _rows(range(8, 12)))
+    stage_gate_rows(settings, "b2", gate_rows(range(8, 12)))
     result = run_gate(settings, "b2", files_in=4, quarantined=0)  # ... and are never read
     enforce(result)
     assert not result.warnings and result.stats["table_rows"] == 12
@@ -267,8 +216,8 @@ def test_a_lake_without_aggregates_gets_them_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = load_settings(data_home=tmp_path)
-    _commit(settings, "b1", _rows(range(6)))  # committed before aggregates were kept
-    _stage(settings, "b2", _rows(range(6, 9)))
+    commit_gate_rows(settings, "b1", gate_rows(range(6)))  # committed before aggregates were kept
+    stage_gate_rows(settings, "b2", gate_rows(range(6, 9)))
     with caplog.at_level(logging.INFO, logger="visionloop.quality.aggregates"):
         first = table_file_stats(settings, "b2").frame(None)
     assert "aggregating 1 of 1 images files" in caplog.text
@@ -295,14 +244,16 @@ def _annotation(image_id: str, label: str, recorded_at: datetime) -> dict[str, A
 def test_annotator_label_events_lift_a_class_over_min_class_count(tmp_path: Path) -> None:
     settings = load_settings(data_home=tmp_path)  # min_class_count 10
     labels = ("cat",) * 11 + ("dog",) * 5 + (None,) * 4
-    _commit(settings, "b1", _rows(range(20), labels=labels))  # cat 11, dog 5, 4 unlabelled
-    _stage(settings, "b2", _rows(range(20, 24), labels=labels))  # 4 more cats
+    commit_gate_rows(
+        settings, "b1", gate_rows(range(20), labels=labels)
+    )  # cat 11, dog 5, 4 unlabelled
+    stage_gate_rows(settings, "b2", gate_rows(range(20, 24), labels=labels))  # 4 more cats
     early, late = datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 2, 2, tzinfo=UTC)
-    events = [_annotation(_image_id(index), "dog", late) for index in range(16, 20)]
+    events = [_annotation(image_id_of(index), "dog", late) for index in range(16, 20)]
     events += [
-        _annotation(_image_id(0), "dog", late),  # a cat relabelled ...
-        _annotation(_image_id(0), "bird", early),  # ... after an older, superseded label
-        _annotation(_image_id(999), "cat", late),  # an image the table does not hold
+        _annotation(image_id_of(0), "dog", late),  # a cat relabelled ...
+        _annotation(image_id_of(0), "bird", early),  # ... after an older, superseded label
+        _annotation(image_id_of(999), "cat", late),  # an image the table does not hold
     ]
     folder = settings.lake_dir / "label_events" / "batch_id=sync-1"
     folder.mkdir(parents=True)
