@@ -91,6 +91,29 @@ def test_adds_only_new_images_and_survives_a_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(stored.matrix, unit_rows(matrix[[3, 1]]), atol=2e-3)
 
 
+def test_growing_a_loaded_index_opens_only_the_shards_it_merges(tmp_path: Path) -> None:
+    """A night's update reads no shard of the lake's; readers open all of theirs at load."""
+    matrix = _clustered(500 + MERGE_FACTOR * 10, 3)
+    index = VectorIndex.build(_vectors(matrix[:500]), SETTINGS)
+    for night in range(MERGE_FACTOR - 2):  # small shards, one short of a merge with the next
+        start = 500 + 10 * night
+        index.add(_vectors(matrix[start : start + 10], start=start))
+    index.save(tmp_path / "v1")
+    grown = VectorIndex.load(tmp_path / "v1", SETTINGS, lazily=True)
+    start = 500 + 10 * (MERGE_FACTOR - 2)
+    assert grown.add(_vectors(matrix[start : start + 10], start=start)) == 10
+    assert [shard.built is None for shard in grown.shards] == [True] * (MERGE_FACTOR - 1) + [False]
+    start += 10
+    assert grown.add(_vectors(matrix[start : start + 10], start=start)) == 10  # merges the tier
+    assert [len(shard) for shard in grown.shards] == [500, 10 * MERGE_FACTOR]
+    assert grown.shards[0].built is None  # the lake's shard stays unopened
+    grown.save(tmp_path / "v1")
+    reader = VectorIndex.load(tmp_path / "v1", SETTINGS)
+    assert all(shard.built is not None for shard in reader.shards)
+    nearest = reader.search(matrix[[0, start]], 1)
+    assert [row[0].image_id for row in nearest] == ["img-0", f"img-{start}"]
+
+
 def _files(directory: Path) -> dict[str, float]:
     return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*.*")}
 

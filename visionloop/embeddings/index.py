@@ -13,9 +13,9 @@ second index of the same kind with the factory ``HNSW<M>`` (no projection).
 immutable *shards*; a night's vectors become a new shard made from the template, and shards
 of one size tier are merged once :data:`MERGE_FACTOR` of them exist (each vector is merged
 about log(N) times, never past :data:`MERGE_LIMIT`), so saving writes the night's shard and
-a small manifest, and loading memory-maps the rest. The manifest also names the lake
-partitions (embedding batches) the index holds, so an update reads only the partitions it
-lacks. Search asks every shard and keeps the best.
+a small manifest; the update opens only the shards it merges, and a reader memory-maps all.
+The manifest also names the lake partitions (embedding batches) the index holds, so an update
+reads only the partitions it lacks. Search asks every shard and keeps the best.
 
 Persisted under ``<data_home>/index/<embedder version>/`` (spectra in ``spectra/`` below it):
 a new embedder version gets a new index, never a mixed one. The embedding index is rebuilt
@@ -29,6 +29,7 @@ them (a reader that mapped them keeps them).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -79,15 +80,30 @@ class Neighbour:
 
 @dataclass
 class Shard:
-    """An immutable part of an index: a faiss index over unit vectors and their image ids."""
+    """An immutable part of an index: a faiss index over unit vectors and their image ids.
+
+    A saved shard's faiss index may be opened on first use (``opener``): growing an index by
+    a night opens only the shards it merges, not the lake's."""
 
     name: str
-    index: object
     ids: list[str]
     saved: bool = False
+    built: object | None = None  # the faiss index, once made or opened
+    opener: Callable[[], object] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def index(self) -> object:
+        if self.built is None:
+            if self.opener is None:
+                raise ValueError(f"shard {self.name} has no index")
+            self.built = self.opener()
+            if self.built.ntotal != len(self.ids):
+                message = f"{self.built.ntotal} vectors, {len(self.ids)} ids"
+                raise ValueError(f"shard {self.name} has {message}")
+        return self.built
 
 
 class VectorIndex:
@@ -180,7 +196,7 @@ class VectorIndex:
         graph = _graph(index)
         graph.hnsw.efConstruction = self.settings.ef_construction
         index.add(matrix)
-        return Shard(f"{time.time_ns():020d}-{os.getpid()}-{len(ids)}", index, ids)
+        return Shard(f"{time.time_ns():020d}-{os.getpid()}-{len(ids)}", ids, built=index)
 
     def _merge_full_tiers(self) -> None:
         while True:
@@ -278,15 +294,23 @@ class VectorIndex:
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
     @classmethod
-    def load(cls, directory: Path, settings: SimilaritySettings, mmap: bool = True) -> VectorIndex:
+    def load(
+        cls,
+        directory: Path,
+        settings: SimilaritySettings,
+        mmap: bool = True,
+        lazily: bool = False,
+    ) -> VectorIndex:
         """The current version under ``directory``; its shards memory-mapped read-only unless
-        ``mmap`` is off (shards are never written again either way)."""
+        ``mmap`` is off (shards are never written again either way). ``lazily``: each shard
+        is opened on first use (for the writer, which uses few of them); else all at once,
+        so a reader keeps them however long it searches."""
         for attempt in range(3):  # a version may be pruned between the pointer and the open
             folder = saved_version(directory)
             if folder is None or not (folder / MANIFEST_FILE).exists():
                 raise FileNotFoundError(f"no saved index under {directory}")
             try:
-                return cls._read(directory, folder, settings, mmap)
+                return cls._read(directory, folder, settings, mmap, lazily)
             except FileNotFoundError:
                 if attempt == 2:
                     raise
@@ -294,7 +318,7 @@ class VectorIndex:
 
     @classmethod
     def _read(
-        cls, directory: Path, folder: Path, settings: SimilaritySettings, mmap: bool
+        cls, directory: Path, folder: Path, settings: SimilaritySettings, mmap: bool, lazily: bool
     ) -> VectorIndex:
         import faiss
 
@@ -302,12 +326,14 @@ class VectorIndex:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         shards = []
         for name in manifest["shards"]:
-            index = faiss.read_index(str(directory / SHARDS / f"{name}.faiss"), flags)
+            path = str(directory / SHARDS / f"{name}.faiss")
             ids = json.loads((directory / SHARDS / f"{name}.ids.json").read_text())
-            if index.ntotal != len(ids):
-                message = f"{index.ntotal} vectors, {len(ids)} ids"
-                raise ValueError(f"{directory}: shard {name} has {message}")
-            shards.append(Shard(name, index, ids, saved=True))
+            shard = Shard(
+                name, ids, saved=True, opener=functools.partial(faiss.read_index, path, flags)
+            )
+            if not lazily:
+                shard.index  # noqa: B018 - opened now
+            shards.append(shard)
         template = (directory / SHARDS / TEMPLATE_FILE).read_bytes()
         return cls(
             manifest["version"],
@@ -502,7 +528,7 @@ def _updated(
 ) -> tuple[VectorIndex, int]:
     factory = spectrum_factory(settings) if column == "fingerprint" else None
     try:
-        index = VectorIndex.load(directory, settings)
+        index = VectorIndex.load(directory, settings, lazily=True)
     except FileNotFoundError:  # none yet, or saved before shards
         index = None
     if index is not None and not index.stale:
