@@ -63,11 +63,11 @@ def thumbnails(grey: Image.Image) -> np.ndarray:
     """``(1 + zooms + angles, SIDE, SIDE)`` grey levels (uint8) of a :func:`blurred` stored
     image; row 0 is the plain one."""
     thumb = (SIDE, SIDE)
-    rows = [
-        _variant(grey, variant, (0,))[0].resize(thumb, Image.Resampling.BILINEAR)
-        for variant in range(VARIANTS)
-    ]
-    return np.stack([np.asarray(row) for row in rows])
+    rows = [_variant(grey, variant, (0,))[0] for variant in range(VARIANTS)]
+    if grey.size != thumb:  # stored at another size
+        rows = [row.resize(thumb, Image.Resampling.BILINEAR) for row in rows]
+    pixels = np.frombuffer(b"".join(row.tobytes() for row in rows), np.uint8)
+    return pixels.reshape(VARIANTS, SIDE, SIDE)
 
 
 def plain_thumbnail(data: bytes) -> np.ndarray:
