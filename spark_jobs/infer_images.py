@@ -134,17 +134,15 @@ def todo_images(
     """``image_id, image`` of the snapshot's images without a row of this version: those of
     the partitions no run covered, so a night reads the bytes it embeds and no more."""
     paths = [item.path for item in snapshot.files if item.batch_id not in done.batches]
-    empty = spark.createDataFrame([], "image_id string, image binary")
-    if not paths:
-        return empty
-    if not done.unrecorded:
+    if paths and not done.unrecorded:
         return spark.read.parquet(*paths).select("image_id", "image")
-    ids = spark.read.parquet(*paths).select("image_id", F.input_file_name().alias("file"))
-    ids = ids.join(done_ids(spark, settings, inference), "image_id", "left_anti")
-    files = [row.file for row in ids.select("file").distinct().collect()]
-    if not files:
-        return empty
-    images = spark.read.parquet(*files).select("image_id", "image")
+    if paths:
+        ids = spark.read.parquet(*paths).select("image_id", F.input_file_name().alias("file"))
+        ids = ids.join(done_ids(spark, settings, inference), "image_id", "left_anti")
+        paths = [row.file for row in ids.select("file").distinct().collect()]
+    if not paths:
+        return spark.createDataFrame([], "image_id string, image binary")
+    images = spark.read.parquet(*paths).select("image_id", "image")
     return images.join(ids.select("image_id"), "image_id", "left_semi")
 
 

@@ -31,7 +31,12 @@ from visionloop.lake.snapshot import take
 from visionloop.preprocessing import image_options
 from visionloop.registry.scoring import ScoringJob
 from visionloop.registry.served_model import model_files, save_model
-from visionloop.spark_jobs.infer_images import coverage, run_inference, todo_images
+from visionloop.spark_jobs.infer_images import (
+    Coverage,
+    coverage,
+    run_inference,
+    todo_images,
+)
 from visionloop.training.models import create_model, model_spec
 
 pytestmark = pytest.mark.slow
@@ -118,7 +123,7 @@ def test_a_run_reads_only_the_image_partitions_no_run_of_its_version_covered(
         record.pop("covered", None)
         path.write_text(json.dumps(record))
     commit_rows(settings, image_rows(5, size=32, offset=4000), batch_id="latest")
-    assert coverage(settings.lake_dir, job) == type(done)(frozenset(), unrecorded=True)
+    assert coverage(settings.lake_dir, job) == Coverage(frozenset(), unrecorded=True)
     compared = run_inference(spark, settings, take(settings.lake_dir), job)
     assert compared.written == 5 and compared.compared  # none of the 50 embedded twice
     assert not coverage(settings.lake_dir, job).unrecorded

@@ -103,18 +103,18 @@ def _logs(client, run_id: UUID) -> list[tuple[datetime, str]]:
     return lines
 
 
-def _every_lock_released(logs: list[tuple[datetime, str]], limit: str) -> bool:
-    messages = [message for _, message in logs]
-    taken = sum(message.startswith(f"holding {limit} ") for message in messages)
-    return taken > 0 and taken == sum(
-        message.startswith(f"releasing {limit} ") for message in messages
-    )
+def _lock_lines(
+    logs: list[tuple[datetime, str]], limit: str
+) -> tuple[list[datetime], list[datetime]]:
+    """When the run logged taking and releasing the lake's writer lock."""
+    taken = [at for at, message in logs if message.startswith(f"holding {limit} ")]
+    released = [at for at, message in logs if message.startswith(f"releasing {limit} ")]
+    return taken, released
 
 
 def _lock_intervals(logs: list[tuple[datetime, str]], limit: str) -> list[tuple[datetime, ...]]:
     """When the run held the lake's writer lock, from its ``holding`` / ``releasing`` lines."""
-    taken = [at for at, message in logs if message.startswith(f"holding {limit} ")]
-    released = [at for at, message in logs if message.startswith(f"releasing {limit} ")]
+    taken, released = _lock_lines(logs, limit)
     assert len(taken) == len(released) and taken, logs
     return list(zip(taken, released, strict=True))
 
@@ -207,9 +207,14 @@ def test_the_nightly_and_an_ingest_on_two_workers_from_the_wheel_share_the_lake(
         assert holder.wait(timeout=60) == 0
         wait_for(lambda: all(map(finished, runs.values())), RUN_TIMEOUT_S, "both runs finish")
         elapsed = time.monotonic() - started
-        # A run's last log lines reach the API after its state does (shipped in batches).
-        logged = lambda run_id: _every_lock_released(_logs(client, run_id), limit)  # noqa: E731
-        wait_for(lambda: all(map(logged, runs.values())), 60, "each run logs its lock release")
+
+        def logged_release(run_id: UUID) -> bool:  # last lines reach the API after the state
+            taken, released = _lock_lines(_logs(client, run_id), limit)
+            return bool(taken) and len(taken) == len(released)
+
+        wait_for(
+            lambda: all(map(logged_release, runs.values())), 60, "each run logs its lock release"
+        )
 
         logs = {name: _logs(client, run_id) for name, run_id in runs.items()}
         states = {name: client.read_flow_run(run_id).state for name, run_id in runs.items()}

@@ -29,7 +29,6 @@ them (a reader that mapped them keeps them).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -82,27 +81,31 @@ class Neighbour:
 class Shard:
     """An immutable part of an index: a faiss index over unit vectors and their image ids.
 
-    A saved shard's faiss index may be opened on first use (``opener``): growing an index by
-    a night opens only the shards it merges, not the lake's."""
+    A saved shard's faiss index may be opened on first use (from ``path``): growing an index
+    by a night opens only the shards it merges, not the lake's."""
 
     name: str
     ids: list[str]
     saved: bool = False
     built: object | None = None  # the faiss index, once made or opened
-    opener: Callable[[], object] | None = None
+    path: str = ""  # the saved faiss file, opened with ``flags``
+    flags: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def index(self) -> object:
-        if self.built is None:
-            if self.opener is None:
-                raise ValueError(f"shard {self.name} has no index")
-            self.built = self.opener()
-            if self.built.ntotal != len(self.ids):
-                message = f"{self.built.ntotal} vectors, {len(self.ids)} ids"
-                raise ValueError(f"shard {self.name} has {message}")
+        return self.built if self.built is not None else self.open()
+
+    def open(self) -> object:
+        """Open the saved faiss index (checked against the ids)."""
+        import faiss
+
+        self.built = faiss.read_index(self.path, self.flags)
+        if self.built.ntotal != len(self.ids):
+            message = f"{self.built.ntotal} vectors, {len(self.ids)} ids"
+            raise ValueError(f"{self.path}: shard {self.name} has {message}")
         return self.built
 
 
@@ -326,13 +329,11 @@ class VectorIndex:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         shards = []
         for name in manifest["shards"]:
-            path = str(directory / SHARDS / f"{name}.faiss")
             ids = json.loads((directory / SHARDS / f"{name}.ids.json").read_text())
-            shard = Shard(
-                name, ids, saved=True, opener=functools.partial(faiss.read_index, path, flags)
-            )
+            path = str(directory / SHARDS / f"{name}.faiss")
+            shard = Shard(name, ids, saved=True, path=path, flags=flags)
             if not lazily:
-                shard.index  # noqa: B018 - opened now
+                shard.open()
             shards.append(shard)
         template = (directory / SHARDS / TEMPLATE_FILE).read_bytes()
         return cls(
